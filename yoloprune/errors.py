@@ -1,0 +1,16 @@
+"""User-facing errors: one line saying what is wrong and what to do, shown by the CLI without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(ValueError):
+    """Bad input from the user (file, value, name); the message is a complete one-line explanation."""
+
+
+def close_match(word: str, choices: Iterable[str]) -> str:
+    """Return ` (did you mean 'x'?)` for the closest choice, or an empty string."""
+    m = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean '{m[0]}'?)" if m else ""

@@ -1,0 +1,130 @@
+"""`Slimmer`: the public one-shot pipeline rewrite -> trace -> group -> score -> allocate -> cut -> fold back."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .allocate import Allocation, allocate
+from .checkpoint import LoadedModel, load_model, save_checkpoint
+from .errors import UserError
+from .graph.groups import CoupledGroup, coupled_groups
+from .graph.heads import head_handler
+from .graph.rewrite import SplitBlock, fold_blocks, rewrite_blocks
+from .graph.trace import build_graph, fixed_layers
+from .importance import IMPORTANCES, get_importance, row_scorer
+from .report import SlimReport, layer_widths, model_stats, stage_widths
+from .shortcut_rules import ShortcutRules, load_rules
+
+
+def check_ratio(ratio) -> float:
+    """Validate a pruning ratio: a number strictly between 0 and 1."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1 or not math.isfinite(ratio):
+        raise UserError(f"ratio {ratio!r} is outside (0, 1): pass the share of channels to remove, e.g. 0.3")
+    return float(ratio)
+
+
+class Slimmer:
+    """Physically slim an Ultralytics YOLO model into a smaller stock Ultralytics model.
+
+    Args:
+        model: a `.pt` checkpoint path, a model YAML name/path (`yolo26n.yaml`), a `YOLO` object or a YOLO `BaseModel`.
+            The given model is never modified.
+        ratio: share of channels to remove, in (0, 1), before shortcut multipliers.
+        importance: channel scorer: `l1`, `l2`, `bn` (BatchNorm |gamma|), `lamp` or `random`.
+        rules: shortcut rules: `yolo26` (built-in), `none` (uniform) or the path of a rules YAML.
+        round_to: kept widths are multiples of this (hardware-friendly channel counts).
+        imgsz: image size at which GFLOPs are reported.
+
+    Example:
+        >>> s = Slimmer("yolo26n.yaml", ratio=0.3)
+        >>> print(s.plan().format())  # dry run: widths, params, GFLOPs, nothing written
+        >>> slim = s.slim()  # a physically smaller DetectionModel of stock Ultralytics classes
+        >>> s.save("yolo26n-slim.pt")
+    """
+
+    def __init__(self, model, ratio: float = 0.3, importance: str = "l1", rules="yolo26", round_to: int = 8, imgsz: int = 640):
+        self.ratio = check_ratio(ratio)
+        if importance not in IMPORTANCES:
+            get_importance(importance)  # raises the user error with the close match
+        self.importance = importance
+        self.rules: ShortcutRules = load_rules(rules)
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise UserError(f"round_to {round_to!r} must be a whole number >= 1 (e.g. 8)")
+        if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
+            raise UserError(f"imgsz {imgsz!r} must be a whole number >= 32 (e.g. 640)")
+        self.round_to, self.imgsz = round_to, imgsz
+        self.loaded: LoadedModel = load_model(model)
+        if head_handler(self.loaded.model.model[-1]) is None:
+            raise UserError(f"'{self.loaded.source}' has a {type(self.loaded.model.model[-1]).__name__} head, which yoloprune does not support")
+        self.model: nn.Module | None = None  # the slim model once `slim()` ran
+        self.report: SlimReport | None = None
+
+    def plan(self) -> SlimReport:
+        """Dry run: slim a copy and report widths, params and GFLOPs before/after; the result is discarded."""
+        _, report = self._run()
+        return report
+
+    def slim(self) -> nn.Module:
+        """Return the physically slim model (stock Ultralytics classes); also kept as `self.model`/`self.report`."""
+        self.model, self.report = self._run()
+        return self.model
+
+    def save(self, path: str | Path) -> Path:
+        """Write the slim model (running `slim()` first if needed) as an Ultralytics checkpoint at `path`."""
+        if self.model is None:
+            self.slim()
+        return save_checkpoint(self.model, path, self.loaded, extra=self.report.to_dict())
+
+    def _run(self) -> tuple[nn.Module, SlimReport]:
+        t0 = time.perf_counter()
+        base = self.loaded.model
+        model = copy.deepcopy(base).float().cpu()
+        was_training = model.training
+        before = model_stats(model, self.imgsz), layer_widths(model), stage_widths(model)
+        rewrite_blocks(model)
+        groups, plan, graph = self._allocate(model)
+        scorer = get_importance(self.importance)
+        for g in groups:
+            drop = g.width - plan[g.index].keep
+            if drop > 0:
+                scores = scorer(g.tp_group, g.root_name)
+                idxs = torch.argsort(scores.cpu(), stable=True)[:drop].tolist()
+                g.tp_group.prune(idxs=sorted(idxs))
+        fold_blocks(model)
+        model.train(was_training)
+        after = model_stats(model, self.imgsz), layer_widths(model), stage_widths(model)
+        report = SlimReport.build(self, groups, plan, before, after, time.perf_counter() - t0)
+        return model, report
+
+    def _allocate(self, model: nn.Module) -> tuple[list[CoupledGroup], dict[int, Allocation], object]:
+        stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
+        graph = build_graph(model, 2 * stride, row_scorer(self.importance))
+        groups = coupled_groups(graph, fixed_layers(model))
+        for g in groups:
+            g.kind = self.rules.kind_of(g.kinds)
+        owner = {}
+        for g in groups:
+            for item in g.tp_group:
+                if graph.is_out_channel_pruning_fn(item.dep.handler):
+                    owner[item.dep.target.module] = g.index
+        ties = []
+        for m in model.modules():
+            if isinstance(m, SplitBlock):
+                tie = sorted({owner[c] for c in m.tied_convs() if c in owner})
+                if len(tie) > 1:
+                    ties.append(tie)
+                elif len(tie) < len(m.tied_convs()):  # a half that no group may cut keeps the other half whole
+                    ties.append(tie + [-1])
+        fixed_ties = [t for t in ties if -1 in t]
+        ties = [t for t in ties if -1 not in t]
+        plan = allocate(groups, self.ratio, self.rules, self.round_to, ties)
+        for t in fixed_ties:
+            for i in t[:-1]:
+                plan[i].keep, plan[i].tied = groups[i].width, True
+        return groups, plan, graph
