@@ -1,8 +1,26 @@
-"""yoloprune: graph-based structural pruning of Ultralytics YOLO models into smaller stock checkpoints."""
+"""yoloprune: graph-based structural pruning of Ultralytics YOLO models into smaller stock checkpoints.
+
+The public names load lazily, so `yoloprune.offline.use_offline()` can run before Ultralytics is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .errors import UserError
-from .slimmer import Slimmer
+_EXPORTS = {
+    "Slimmer": "slimmer",
+    "SlimReport": "report",
+    "UserError": "errors",
+    "ChannelPruner": "compat",
+    "prune_model": "compat",
+    "load_rules": "shortcut_rules",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["Slimmer", "UserError", "__version__"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'yoloprune' has no attribute '{name}'")

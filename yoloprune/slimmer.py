@@ -65,6 +65,15 @@ class Slimmer:
         self.model: nn.Module | None = None  # the slim model once `slim()` ran
         self.report: SlimReport | None = None
 
+    def groups(self) -> list[CoupledGroup]:
+        """Analysis only: the coupled groups of the model, classified by shortcut kind, with their planned widths."""
+        model = copy.deepcopy(self.loaded.model).float().cpu()
+        rewrite_blocks(model)
+        groups, plan, _ = self._allocate(model)
+        for g in groups:
+            g.keep = plan[g.index].keep
+        return groups
+
     def plan(self) -> SlimReport:
         """Dry run: slim a copy and report widths, params and GFLOPs before/after; the result is discarded."""
         _, report = self._run()

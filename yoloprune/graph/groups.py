@@ -39,6 +39,7 @@ class CoupledGroup:
     kinds: set[str]
     kind: str = "regular"
     multiple: int = 1  # widths must stay multiples of this (attention head count)
+    keep: int | None = None  # planned width, once allocated
     layers: list[str] = field(default_factory=list)  # modules whose output channels the group cuts
     tp_group: object = None
 

@@ -47,6 +47,7 @@ class SplitBlock(nn.Module):
 
     def __init__(self, block: nn.Module):
         super().__init__()
+        self.training = block.training
         self.stock_type = type(block)
         self.stock_attrs = _plain_attrs(block)
         for k in ("i", "f", "type", "np"):  # routing attributes that Ultralytics' forward loop reads
@@ -70,7 +71,7 @@ class SplitBlock(nn.Module):
         stock.cv2 = self.cv2
         stock.m = self.m
         stock.c = ca
-        stock.train(self.training)
+        stock.training = self.training
         return stock
 
 
