@@ -108,8 +108,14 @@ def check_writable(path: Path) -> None:
         raise UserError(f"cannot write '{path}': folder '{parent}' does not exist; create it or pass another --output")
     if path.is_dir():
         raise UserError(f"cannot write '{path}': it is a folder; pass a file path ending in .pt")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"cannot write '{path}': permission denied; pass a writable --output path")
+    try:  # a real probe: permissions, read-only mounts and pseudo file systems all show here
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write in '{parent}' ({e.strerror}); pass a writable --output path") from None
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, base: LoadedModel, extra: dict | None = None) -> Path:
@@ -137,12 +143,20 @@ def save_checkpoint(model: nn.Module, path: str | Path, base: LoadedModel, extra
         "docs": "https://docs.ultralytics.com",
         "yoloprune": extra or {},
     }
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    return path
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it over `path`: never a half-written file."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
     os.close(fd)
     try:
-        torch.save(ckpt, tmp)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        raise UserError(f"cannot write '{path}' ({e.strerror}); pass a writable path with free space") from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -18,26 +18,30 @@ def _default_output(model: str) -> Path:
 
 
 def cmd_slim(args: argparse.Namespace) -> int:
-    from .checkpoint import check_writable
+    from .checkpoint import atomic_write, check_writable
     from .errors import UserError
     from .slimmer import Slimmer
 
     out = Path(args.output) if args.output else _default_output(args.model)
-    if not args.dry_run:
+    if not args.dry_run:  # every output is checked before any work, so a bad path costs nothing
         if out.suffix != ".pt":
             raise UserError(f"output '{out}' must end in .pt (an Ultralytics checkpoint)")
-        check_writable(out)
         if Path(args.model).exists() and out.resolve() == Path(args.model).resolve():
             raise UserError(f"output '{out}' would overwrite the input model; pass another --output")
+        check_writable(out)
+    if args.json:
+        check_writable(Path(args.json))
     slimmer = Slimmer(args.model, ratio=args.ratio, importance=args.importance, rules=args.rules,
                       round_to=args.round_to, imgsz=args.imgsz)
-    report = slimmer.plan() if args.dry_run else None
-    if report is None:
+    if args.dry_run:
+        report = slimmer.plan()
+    else:
         slimmer.slim()
         report = slimmer.report
     print(report.format(layers=args.layers))
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        text = json.dumps(report.to_dict(), indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     if args.dry_run:
         print("dry run: nothing written")
     else:

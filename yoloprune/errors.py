@@ -12,5 +12,5 @@ class UserError(ValueError):
 
 def close_match(word: str, choices: Iterable[str]) -> str:
     """Return ` (did you mean 'x'?)` for the closest choice, or an empty string."""
-    m = difflib.get_close_matches(str(word), list(choices), n=1)
+    m = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{m[0]}'?)" if m else ""
