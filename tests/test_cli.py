@@ -110,3 +110,20 @@ def test_bad_input_is_one_line_error(case, tmp_path):
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and expected in r.stderr
     assert list(out.iterdir()) == [], "no output may be written"
+
+
+def test_checkpoint_keeps_names_task_and_args(tmp_path):
+    """Slimming a trained-style checkpoint keeps class names, nc, task and train args."""
+    from ultralytics import YOLO
+
+    yolo = YOLO("yolo26n-seg.yaml")
+    names = {i: f"thing{i}" for i in range(80)}
+    yolo.model.names = names
+    base = tmp_path / "base.pt"
+    torch.save({"model": yolo.model, "train_args": {"imgsz": 320, "data": "mine.yaml", "task": "segment"}}, base)
+    r = run("slim", base, "--ratio", "0.3")
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(tmp_path / "base-slim.pt", weights_only=False)
+    assert ckpt["train_args"]["data"] == "mine.yaml" and ckpt["yoloprune"]["ratio"] == 0.3
+    slim = YOLO(tmp_path / "base-slim.pt")
+    assert slim.task == "segment" and slim.names == names and slim.model.model[-1].nc == 80

@@ -158,3 +158,15 @@ def test_round_to_and_clamp():
         assert row.keep >= min(16, row.width)
     assert s.report.clamped, "a 0.95 ratio must clamp some groups to round_to channels"
     assert "clamped" in s.report.format()
+
+
+@pytest.mark.parametrize("cfg", ["yolo26n.yaml", "yolo26n-seg.yaml", "yolo26n-pose.yaml", "yolov8n.yaml"])
+def test_fused_model_slims(cfg):
+    """A model fused for inference (what `predict` leaves behind: no BatchNorm, frozen weights) slims too."""
+    yolo = YOLO(cfg)
+    yolo.model.fuse(verbose=False)
+    s = Slimmer(yolo, ratio=0.3)
+    slim = s.slim().eval()
+    assert s.report.after["params"] < s.report.before["params"]
+    with torch.no_grad():
+        assert slim(_image(slim)) is not None

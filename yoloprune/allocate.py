@@ -37,7 +37,12 @@ def _round(width: int, target: float, multiple: int) -> tuple[int, bool]:
 
 
 def allocate(
-    groups: list[CoupledGroup], ratio: float, rules: ShortcutRules, round_to: int, ties: list[list[int]]
+    groups: list[CoupledGroup],
+    ratio: float,
+    rules: ShortcutRules,
+    round_to: int,
+    ties: list[list[int]],
+    frozen: set[int] = frozenset(),
 ) -> dict[int, Allocation]:
     """Return the planned width of every group, keyed by `CoupledGroup.index`.
 
@@ -47,10 +52,14 @@ def allocate(
         rules: per-kind multipliers.
         round_to: kept widths are multiples of this.
         ties: lists of group indices that must end with equal widths.
+        frozen: groups that must keep their full width (tied to channels no group may cut).
     """
     plan = {}
     for g in groups:
         r = min(rules.ratio(g.kind, ratio), 1.0)
+        if g.index in frozen:
+            plan[g.index] = Allocation(keep=g.width, ratio=r, tied=True)
+            continue
         keep, clamped = _round(g.width, g.width * (1 - r), math.lcm(round_to, g.multiple))
         plan[g.index] = Allocation(keep=keep, ratio=r, clamped=clamped)
     by_index = {g.index: g for g in groups}

@@ -123,6 +123,8 @@ class SlimReport:
         ]
         for kind, s in self.kind_summary().items():
             lines.append(f"    {kind:<10} {s['groups']:>3} groups  {s['channels']:>6} -> {s['kept']:>6} channels  cut {s['cut']:.1%}")
+        if "attention" in self.kind_summary():
+            lines.append("    (attention: q/k/v cut equally within every head; the head count is kept)")
         lines.append("  stage widths (output channels):")
         lines.append("    " + "  ".join(f"{i}:{n}({bw}->{aw})" for i, n, bw, aw in self.stages if bw is not None))
         if self.clamped:

@@ -122,18 +122,13 @@ class Slimmer:
             for item in g.tp_group:
                 if graph.is_out_channel_pruning_fn(item.dep.handler):
                     owner[item.dep.target.module] = g.index
-        ties = []
+        ties, frozen = [], set()
         for m in model.modules():
             if isinstance(m, SplitBlock):
                 tie = sorted({owner[c] for c in m.tied_convs() if c in owner})
-                if len(tie) > 1:
+                if len(tie) < len(m.tied_convs()):  # a half no group may cut: the other half stays whole too
+                    frozen.update(tie)
+                elif len(tie) > 1:
                     ties.append(tie)
-                elif len(tie) < len(m.tied_convs()):  # a half that no group may cut keeps the other half whole
-                    ties.append(tie + [-1])
-        fixed_ties = [t for t in ties if -1 in t]
-        ties = [t for t in ties if -1 not in t]
-        plan = allocate(groups, self.ratio, self.rules, self.round_to, ties)
-        for t in fixed_ties:
-            for i in t[:-1]:
-                plan[i].keep, plan[i].tied = groups[i].width, True
+        plan = allocate(groups, self.ratio, self.rules, self.round_to, ties, frozen)
         return groups, plan, graph

@@ -38,7 +38,10 @@ def _detect_outputs(head: Detect, x: list[torch.Tensor]) -> list[torch.Tensor]:
             outs += [t[i](feats[i]) for t in tails for i in range(head.nl)] if tails else feats
     proto = getattr(head, "proto", None)
     if proto is not None:
-        p = proto(x if isinstance(proto, Proto26) else x[0])
+        if isinstance(proto, Proto26):  # its semantic branch runs in training, unless fusing removed it
+            p = proto(x, return_semantic=getattr(proto, "semseg", None) is not None)
+        else:
+            p = proto(x[0])
         outs += list(p) if isinstance(p, tuple) else [p]
     return outs
 

@@ -58,7 +58,7 @@ def build_graph(model: nn.Module, imgsz: int, row_score) -> tp.DependencyGraph:
         row_score: channel scorer used inside attention heads (see `yoloprune.importance.row_scorer`).
     """
     ch = _input_channels(model)
-    im = torch.zeros(1, ch, imgsz, imgsz, device=next(model.parameters()).device)
+    im = torch.zeros(1, ch, imgsz, imgsz, device=next(model.parameters()).device, requires_grad=True)  # frozen weights still trace
     graph = tp.DependencyGraph()
     with torch.enable_grad():
         graph.build_dependency(
