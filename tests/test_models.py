@@ -22,10 +22,11 @@ SMALL = [
     "yolov8n.yaml",
 ]
 SCALES = ["yolo26s.yaml", "yolo26m.yaml", "yolo26l.yaml", "yolo26x.yaml"]
-ALL = SMALL + SCALES
+MORE = ["yolo26n-p6.yaml", "yolov8n-pose.yaml", "yolo11n-obb.yaml", "yolov8n-cls.yaml"]
+ALL = SMALL + SCALES + MORE
 
 
-def _image(model, size=96, batch=1):
+def _image(model, size=128, batch=1):
     torch.manual_seed(0)
     return torch.rand(batch, 3, size, size)
 

@@ -61,7 +61,9 @@ class Slimmer:
         self.round_to, self.imgsz = round_to, imgsz
         self.loaded: LoadedModel = load_model(model)
         if head_handler(self.loaded.model.model[-1]) is None:
-            raise UserError(f"'{self.loaded.source}' has a {type(self.loaded.model.model[-1]).__name__} head, which yoloprune does not support")
+            head = type(self.loaded.model.model[-1]).__name__
+            raise UserError(f"'{self.loaded.source}' has a {head} head, which yoloprune does not support; supported: "
+                            "YOLO26/YOLO11/YOLOv8 detect, segment, pose, obb and classify models")
         self.model: nn.Module | None = None  # the slim model once `slim()` ran
         self.report: SlimReport | None = None
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 from ultralytics.nn.modules.block import Proto26
-from ultralytics.nn.modules.head import Classify, Detect
+from ultralytics.nn.modules.head import OBB, OBB26, Classify, Detect, Pose, Pose26, Segment, Segment26
 
 # branch names of Detect-family heads that map level i of the neck to a prediction (Sequential ending in a Conv2d)
 _BRANCHES = ("cv2", "cv3", "cv4")
@@ -71,16 +71,15 @@ def _classify_fixed(head: Classify) -> list[nn.Module]:
     return [head.linear]
 
 
-# head type -> (trace outputs, fixed layers); looked up along the MRO so Segment/Pose/OBB and their 26 forms share it
+# head type -> (trace outputs, fixed layers), exact types only: subclasses with other forwards (World, YOLOE,
+# RT-DETR) are refused rather than traced wrongly
+_DETECT = (_detect_outputs, _detect_fixed)
 HEADS: dict[type, tuple[Callable, Callable]] = {
-    Detect: (_detect_outputs, _detect_fixed),
+    **{t: _DETECT for t in (Detect, Segment, Segment26, Pose, Pose26, OBB, OBB26)},
     Classify: (_classify_outputs, _classify_fixed),
 }
 
 
 def head_handler(head: nn.Module) -> tuple[Callable, Callable] | None:
-    """Return `(trace_outputs, fixed_layers)` for a head module, or None if it is not a known head."""
-    for cls in type(head).__mro__:
-        if cls in HEADS:
-            return HEADS[cls]
-    return None
+    """Return `(trace_outputs, fixed_layers)` for a head module, or None if it is not a supported head."""
+    return HEADS.get(type(head))
