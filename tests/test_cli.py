@@ -85,6 +85,7 @@ def _bad_inputs(tmp_path):
         "non-YOLO model": ([not_yolo], "no Ultralytics YOLO model"),
         "unknown yaml": (["yolo99q.yaml"], "not found"),
         "unsupported head": (["yolov8s-world.yaml"], "does not support"),
+        "unsupported block": (["yolo12n.yaml"], "A2C2f layers, which yoloprune cannot prune yet"),
         "ratio too high": (["yolo26n.yaml", "--ratio", "1.2"], "outside (0, 1)"),
         "ratio zero": (["yolo26n.yaml", "--ratio", "0"], "outside (0, 1)"),
         "unknown importance": (["yolo26n.yaml", "--importance", "l3"], "unknown importance"),
@@ -97,7 +98,7 @@ def _bad_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("case", [
-    "missing file", "not a checkpoint", "no YOLO model", "non-YOLO model", "unknown yaml", "unsupported head", "ratio too high",
+    "missing file", "not a checkpoint", "no YOLO model", "non-YOLO model", "unknown yaml", "unsupported head", "unsupported block", "ratio too high",
     "ratio zero", "unknown importance", "unknown rules", "bad rules key", "missing output folder",
     "unwritable output", "bad round_to"])
 def test_bad_input_is_one_line_error(case, tmp_path):

@@ -16,6 +16,7 @@ from .errors import UserError
 from .graph.groups import CoupledGroup, coupled_groups
 from .graph.heads import head_handler
 from .graph.rewrite import SplitBlock, fold_blocks, rewrite_blocks
+from .graph.support import unsupported_layers
 from .graph.trace import build_graph, fixed_layers
 from .importance import IMPORTANCES, get_importance, row_scorer
 from .report import SlimReport, layer_widths, model_stats, stage_widths
@@ -64,6 +65,9 @@ class Slimmer:
             head = type(self.loaded.model.model[-1]).__name__
             raise UserError(f"'{self.loaded.source}' has a {head} head, which yoloprune does not support; supported: "
                             "YOLO26/YOLO11/YOLOv8 detect, segment, pose, obb and classify models")
+        if bad := unsupported_layers(self.loaded.model):
+            raise UserError(f"'{self.loaded.source}' uses {', '.join(bad)} layers, which yoloprune cannot prune yet; "
+                            "supported: YOLO26/YOLO11/YOLOv8 models")
         self.model: nn.Module | None = None  # the slim model once `slim()` ran
         self.report: SlimReport | None = None
 
@@ -101,12 +105,15 @@ class Slimmer:
         rewrite_blocks(model)
         groups, plan, graph = self._allocate(model)
         scorer = get_importance(self.importance)
+        cuts = {}  # every group is scored on the uncut model, then cut
         for g in groups:
             drop = g.width - plan[g.index].keep
             if drop > 0:
-                scores = scorer(g.tp_group, g.root_name)
-                idxs = torch.argsort(scores.cpu(), stable=True)[:drop].tolist()
-                g.tp_group.prune(idxs=sorted(idxs))
+                scores = scorer(g.tp_group, g.root_name).cpu()
+                cuts[g.index] = sorted(torch.argsort(scores, stable=True)[:drop].tolist())
+        for g in groups:
+            if g.index in cuts:
+                g.tp_group.prune(idxs=cuts[g.index])
         fold_blocks(model)
         model.train(was_training)
         after = model_stats(model, self.imgsz), layer_widths(model), stage_widths(model)

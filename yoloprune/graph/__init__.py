@@ -1,0 +1,1 @@
+"""Dependency graph of a YOLO model: split-free rewrites, tracing, attention handling, coupled groups, heads."""
