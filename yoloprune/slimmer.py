@@ -135,7 +135,7 @@ class Slimmer:
         for m in model.modules():
             if isinstance(m, SplitBlock):
                 tie = sorted({owner[c] for c in m.tied_convs() if c in owner})
-                if len(tie) < len(m.tied_convs()):  # a half no group may cut: the other half stays whole too
+                if any(c not in owner for c in m.tied_convs()):  # a half no group may cut: the other stays whole
                     frozen.update(tie)
                 elif len(tie) > 1:
                     ties.append(tie)
