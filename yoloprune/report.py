@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .graph.groups import KINDS
+from .graph.trace import input_channels, max_stride
 
 
 def model_stats(model: nn.Module, imgsz: int) -> dict:
@@ -36,8 +37,7 @@ def stage_widths(model: nn.Module) -> list[int | None]:
         for k, m in enumerate(model.model[:-1])
     ]
     mode = model.training
-    stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
-    ch = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    stride, ch = max_stride(model), input_channels(model)
     try:
         model.eval()(torch.zeros(1, ch, stride, stride, device=next(model.parameters()).device))
     finally:

@@ -17,7 +17,7 @@ from .graph.groups import CoupledGroup, coupled_groups
 from .graph.heads import head_handler
 from .graph.rewrite import SplitBlock, fold_blocks, rewrite_blocks
 from .graph.support import unsupported_layers
-from .graph.trace import build_graph, fixed_layers
+from .graph.trace import build_graph, fixed_layers, max_stride
 from .importance import IMPORTANCES, get_importance, row_scorer
 from .report import SlimReport, layer_widths, model_stats, stage_widths
 from .shortcut_rules import ShortcutRules, load_rules
@@ -121,8 +121,7 @@ class Slimmer:
         return model, report
 
     def _allocate(self, model: nn.Module) -> tuple[list[CoupledGroup], dict[int, Allocation], object]:
-        stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
-        graph = build_graph(model, 2 * stride, row_scorer(self.importance))
+        graph = build_graph(model, 2 * max_stride(model), row_scorer(self.importance))
         groups = coupled_groups(graph, fixed_layers(model))
         for g in groups:
             g.kind = self.rules.kind_of(g.kinds)

@@ -57,7 +57,7 @@ def build_graph(model: nn.Module, imgsz: int, row_score) -> tp.DependencyGraph:
         imgsz: square trace size; any multiple of the model's largest stride works (shapes, not values, matter).
         row_score: channel scorer used inside attention heads (see `yoloprune.importance.row_scorer`).
     """
-    ch = _input_channels(model)
+    ch = input_channels(model)
     im = torch.zeros(1, ch, imgsz, imgsz, device=next(model.parameters()).device, requires_grad=True)  # frozen weights still trace
     graph = tp.DependencyGraph()
     with torch.enable_grad():
@@ -71,8 +71,14 @@ def build_graph(model: nn.Module, imgsz: int, row_score) -> tp.DependencyGraph:
     return graph
 
 
-def _input_channels(model: nn.Module) -> int:
+def input_channels(model: nn.Module) -> int:
+    """Channels of the model's input image (those of its first convolution)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels
     raise ValueError("model has no convolution")
+
+
+def max_stride(model: nn.Module) -> int:
+    """The model's largest stride (at least 32): the smallest square image every layer accepts."""
+    return int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
