@@ -26,3 +26,8 @@ def use_offline(config_dir: str | Path | None = None) -> None:
 
         shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+
+
+def is_offline() -> bool:
+    """True when Ultralytics is told not to use the network."""
+    return os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true")

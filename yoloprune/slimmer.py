@@ -70,6 +70,8 @@ class Slimmer:
                             "supported: YOLO26/YOLO11/YOLOv8 models")
         self.model: nn.Module | None = None  # the slim model once `slim()` ran
         self.report: SlimReport | None = None
+        self._cuts: dict[str, list[int]] = {}  # root layer name -> removed channels, of the last cut
+        self._attention_rows: dict = {}
 
     def groups(self) -> list[CoupledGroup]:
         """Analysis only: the coupled groups of the model, classified by shortcut kind, with their planned widths."""
@@ -96,6 +98,26 @@ class Slimmer:
             self.slim()
         return save_checkpoint(self.model, path, self.loaded, extra=self.report.to_dict())
 
+    def cut_like(self, twin: nn.Module) -> nn.Module:
+        """Cut a copy of `twin` exactly as the last `slim()` cut the model: same groups, same channels.
+
+        `twin` must have the input model's architecture (e.g. the EMA copy of a model in training); its own weights
+        are kept, only the channel choice comes from the model that was scored.
+        """
+        if self.model is None:
+            raise RuntimeError("cut_like() needs slim() to have run")
+        model = copy.deepcopy(twin).float().cpu()
+        was_training = model.training
+        rewrite_blocks(model)
+        graph = build_graph(model, 2 * max_stride(model), row_scorer(self.importance), replay=self._attention_rows)
+        groups = {g.root_name: g for g in coupled_groups(graph, fixed_layers(model))}
+        if missing := set(self._cuts) - set(groups):
+            raise ValueError(f"twin model differs from the slimmed one (no group at {sorted(missing)[:3]})")
+        for name, idxs in self._cuts.items():
+            groups[name].tp_group.prune(idxs=idxs)
+        fold_blocks(model)
+        return model.train(was_training)
+
     def _run(self) -> tuple[nn.Module, SlimReport]:
         t0 = time.perf_counter()
         base = self.loaded.model
@@ -114,6 +136,8 @@ class Slimmer:
         for g in groups:
             if g.index in cuts:
                 g.tp_group.prune(idxs=cuts[g.index])
+        self._cuts = {g.root_name: cuts[g.index] for g in groups if g.index in cuts}
+        self._attention_rows = graph.attention.decisions
         fold_blocks(model)
         model.train(was_training)
         after = model_stats(model, self.imgsz), layer_widths(model), stage_widths(model)

@@ -39,13 +39,20 @@ def _lowest(scores: torch.Tensor, n: int) -> list[int]:
 
 
 class AttentionPruner(tp.pruner.function.BasePruningFunc):
-    """Torch-Pruning handler for Ultralytics `Attention`; `row_score` ranks q/k/v channels inside each head."""
+    """Torch-Pruning handler for Ultralytics `Attention`; `row_score` ranks q/k/v channels inside each head.
+
+    Every choice of kept rows is recorded in `decisions` (keyed by the layer's name in `names`); passing a previous
+    run's `decisions` as `replay` makes the same choice on a twin model (e.g. the EMA copy of a model in training).
+    """
 
     TARGET_MODULES = Attention
 
-    def __init__(self, row_score: RowScore):
+    def __init__(self, row_score: RowScore, names: dict | None = None, replay: dict | None = None):
         super().__init__()
         self.row_score = row_score
+        self.names = names or {}  # id(layer) -> qualified name
+        self.replay = replay or {}
+        self.decisions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get_out_channels(self, layer: Attention) -> int:
         return layer.proj.conv.out_channels
@@ -67,9 +74,21 @@ class AttentionPruner(tp.pruner.function.BasePruningFunc):
 
     def _prune_heads(self, layer: Attention, v_drop: int) -> None:
         """Drop `v_drop` value channels per head and a matching share of query/key channels."""
-        nh, kd, hd = layer.num_heads, layer.key_dim, layer.head_dim
+        kd, hd = layer.key_dim, layer.head_dim
         new_hd = hd - v_drop
         new_kd = max(1, round(kd * new_hd / hd)) if kd else 0
+        name = self.names.get(id(layer), str(id(layer)))
+        rows, v_idx = self.replay[name] if name in self.replay else self._choose_rows(layer, new_kd, v_drop)
+        self.decisions[name] = (rows, v_idx)
+        layer.qkv = take_out_channels(layer.qkv, rows)
+        layer.pe = take_out_channels(layer.pe, v_idx)
+        layer.pe.conv.in_channels = layer.pe.conv.groups = len(v_idx)
+        _take_in_channels(layer.proj, v_idx)
+        layer.head_dim, layer.key_dim = new_hd, new_kd  # `scale` keeps its trained value
+
+    def _choose_rows(self, layer: Attention, new_kd: int, v_drop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kept qkv rows and value channels: the best-scored within every head."""
+        nh, kd, hd = layer.num_heads, layer.key_dim, layer.head_dim
         per = 2 * kd + hd
         w = layer.qkv.conv.weight.detach().flatten(1)
         gamma = layer.qkv.bn.weight.detach().abs() if isinstance(getattr(layer.qkv, "bn", None), nn.BatchNorm2d) else None
@@ -87,9 +106,4 @@ class AttentionPruner(tp.pruner.function.BasePruningFunc):
             kv = _keep(hd, _lowest(v_score, v_drop))
             keep_rows += [q[kq], k[kq], v[kv]]
             keep_v.append(v_cols[kv])
-        rows, v_idx = torch.cat(keep_rows), torch.cat(keep_v)
-        layer.qkv = take_out_channels(layer.qkv, rows)
-        layer.pe = take_out_channels(layer.pe, v_idx)
-        layer.pe.conv.in_channels = layer.pe.conv.groups = len(v_idx)
-        _take_in_channels(layer.proj, v_idx)
-        layer.head_dim, layer.key_dim = new_hd, new_kd  # `scale` keeps its trained value
+        return torch.cat(keep_rows), torch.cat(keep_v)

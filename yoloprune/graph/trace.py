@@ -49,23 +49,27 @@ def fixed_layers(model: nn.Module) -> list[nn.Module]:
     return handler[1](head) if handler else []
 
 
-def build_graph(model: nn.Module, imgsz: int, row_score) -> tp.DependencyGraph:
+def build_graph(model: nn.Module, imgsz: int, row_score, replay: dict | None = None) -> tp.DependencyGraph:
     """Trace `model` on a zero image of `imgsz` and return its dependency graph.
 
     Args:
         model: an Ultralytics `BaseModel` whose split blocks were rewritten by `rewrite_blocks`.
         imgsz: square trace size; any multiple of the model's largest stride works (shapes, not values, matter).
         row_score: channel scorer used inside attention heads (see `yoloprune.importance.row_scorer`).
+        replay: attention row choices of an earlier cut to repeat (see `AttentionPruner`).
+
+    The attention pruner is kept as `graph.attention` so its recorded choices can be read after the cut.
     """
     ch = input_channels(model)
     im = torch.zeros(1, ch, imgsz, imgsz, device=next(model.parameters()).device, requires_grad=True)  # frozen weights still trace
     graph = tp.DependencyGraph()
+    graph.attention = AttentionPruner(row_score, {id(m): n for n, m in model.named_modules()}, replay)
     with torch.enable_grad():
         graph.build_dependency(
             model,
             example_inputs=im,
             forward_fn=trace_forward,
-            customized_pruners={Attention: AttentionPruner(row_score)},
+            customized_pruners={Attention: graph.attention},
             verbose=False,
         )
     return graph

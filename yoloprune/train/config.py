@@ -1,0 +1,189 @@
+"""The training keys yoloprune adds to Ultralytics' own: one small config per feature, validated once at the edge."""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError, close_match
+
+
+def _meta(help: str) -> dict:
+    return {"help": help}
+
+
+@dataclass
+class SparsityConfig:
+    """Sparsity training: an L1 penalty added to the training loss."""
+
+    l1_regularization: bool = field(default=False, metadata=_meta("add an L1 penalty on conv weights to the loss"))
+    lambda_l1: float = field(default=1e-5, metadata=_meta("weight of the conv-weight penalty (per-image loss units)"))
+    structured_l1: bool = field(default=False, metadata=_meta(
+        "penalise whole output channels (group L1) plus BatchNorm gamma (Network Slimming) instead"))
+    lambda_bn: float = field(default=1e-4, metadata=_meta("weight of the BatchNorm-gamma L1 penalty"))
+    sparsity_threshold: float = field(default=1e-3, metadata=_meta("|value| below which a weight counts as zero"))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.l1_regularization or self.structured_l1)
+
+    def validate(self) -> None:
+        for name in ("lambda_l1", "lambda_bn"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise UserError(f"{name}={v!r} must be >= 0 (typical 1e-5 to 1e-3)")
+        if not self.sparsity_threshold > 0:
+            raise UserError(f"sparsity_threshold={self.sparsity_threshold!r} must be > 0 (e.g. 1e-3)")
+
+
+@dataclass
+class PruningConfig:
+    """Physical pruning inside training (or before it, with `prune_at_epoch=0`)."""
+
+    pruning: bool = field(default=False, metadata=_meta("physically slim the model during training"))
+    pruning_ratio: float = field(default=0.3, metadata=_meta("share of channels (or repeated blocks) to remove"))
+    pruning_method: str = field(default="channel", metadata=_meta("channel (narrower layers) or layer (fewer blocks)"))
+    importance_metric: str = field(default="l1", metadata=_meta("scorer: l1, l2, bn, lamp or random"))
+    prune_at_epoch: int = field(default=50, metadata=_meta("epoch at whose start the model is slimmed (0: before training)"))
+    preserve_shortcuts: bool = field(default=True, metadata=_meta("apply shortcut rules (False: uniform ratio)"))
+    shortcut_rules: str = field(default="yolo26", metadata=_meta("rules file: yolo26 or a YAML path"))
+    round_to: int = field(default=8, metadata=_meta("kept channel counts are multiples of this"))
+
+    def validate(self, epochs: int | None = None) -> None:
+        from ..importance import IMPORTANCES
+
+        if not 0 < self.pruning_ratio < 1:
+            raise UserError(f"pruning_ratio={self.pruning_ratio!r} is outside (0, 1): pass the share to remove, e.g. 0.3")
+        if self.pruning_method not in ("channel", "layer"):
+            raise UserError(f"pruning_method '{self.pruning_method}' is unknown"
+                            f"{close_match(self.pruning_method, ('channel', 'layer'))}; use channel or layer")
+        if self.importance_metric not in IMPORTANCES:
+            raise UserError(f"importance_metric '{self.importance_metric}' is unknown"
+                            f"{close_match(self.importance_metric, IMPORTANCES)}; use one of {', '.join(IMPORTANCES)}")
+        if self.round_to < 1:
+            raise UserError(f"round_to={self.round_to!r} must be >= 1 (e.g. 8)")
+        if self.pruning:
+            if self.prune_at_epoch < 0:
+                raise UserError(f"prune_at_epoch={self.prune_at_epoch} must be >= 0 (0 prunes before the first epoch)")
+            if epochs is not None and self.prune_at_epoch >= epochs:
+                raise UserError(f"prune_at_epoch={self.prune_at_epoch} must be below epochs={epochs}, or no epoch would "
+                                f"fine-tune the pruned model; e.g. prune_at_epoch={epochs // 2}")
+
+    @property
+    def rules(self) -> str:
+        return self.shortcut_rules if self.preserve_shortcuts else "none"
+
+
+CONFIGS = (SparsityConfig, PruningConfig)
+KEYS: dict[str, type] = {f.name: c for c in CONFIGS for f in fields(c)}
+
+
+def _coerce(cls: type, name: str, value):
+    kind = {f.name: f.type for f in fields(cls)}[name]
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind == "str":
+        if isinstance(value, (str, Path)):
+            return str(value)
+    raise UserError(f"{name}={value!r} must be a {kind} (e.g. {name}={getattr(cls(), name)!r})")
+
+
+@dataclass
+class CompressionConfig:
+    """All yoloprune training keys, grouped by feature."""
+
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+
+    @classmethod
+    def pop_from(cls, args: dict) -> "CompressionConfig":
+        """Remove yoloprune's keys from `args` (in place) and return them as a config; values are type-checked."""
+        cfg = cls()
+        parts = {SparsityConfig: cfg.sparsity, PruningConfig: cfg.pruning}
+        for name in [k for k in args if k in KEYS]:
+            owner = KEYS[name]
+            setattr(parts[owner], name, _coerce(owner, name, args.pop(name)))
+        return cfg
+
+    def validate(self, epochs: int | None = None) -> "CompressionConfig":
+        self.sparsity.validate()
+        self.pruning.validate(epochs)
+        return self
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(part, f.name) for part in (self.sparsity, self.pruning) for f in fields(part)}
+
+    def changed(self) -> dict:
+        """The keys whose values differ from the defaults."""
+        default = CompressionConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if v != default[k]}
+
+
+def parse_value(text: str):
+    """A `key=value` value as Python: numbers, booleans, None, lists; anything else stays a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_train_args(argv: list[str]) -> dict:
+    """`key=value ... [cfg=file.yaml]` -> one dict; the YAML file's keys come first, command-line keys win.
+
+    Every key must be an Ultralytics train key or a yoloprune key; unknown keys are rejected with the close match.
+    """
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    args = {}
+    for token in argv:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise UserError(f"'{token}' is not key=value (e.g. epochs=10)")
+        args[key.strip()] = parse_value(value.strip())
+    merged = {}
+    if "cfg" in args and args["cfg"] is not None:
+        path = Path(str(args.pop("cfg")))
+        if not path.is_file():
+            raise UserError(f"cfg file '{path}' not found: pass the path of a YAML file of training keys")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"cfg file '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"cfg file '{path}' must hold a mapping of training keys (key: value)")
+        merged.update(loaded)
+    merged.update(args)
+    known = set(DEFAULT_CFG_DICT) | set(KEYS)
+    for key in merged:
+        if key not in known:
+            raise UserError(f"'{key}' is not a training key{close_match(key, known)}; see `yolo cfg` for Ultralytics' "
+                            "keys and `yoloprune train --help` for yoloprune's")
+    return merged
+
+
+def describe_keys() -> str:
+    """Help text listing yoloprune's training keys with defaults."""
+    lines = []
+    for c in CONFIGS:
+        lines.append(f"{c.__doc__.strip()}")
+        for f in fields(c):
+            lines.append(f"  {f.name}={f.default!r}: {f.metadata['help']}")
+    return "\n".join(lines)

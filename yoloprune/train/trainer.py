@@ -1,0 +1,228 @@
+"""Trainers for every task that keep a slim model slim, add the sparsity penalty and prune inside training.
+
+`trainer_for(task)` returns a subclass of Ultralytics' own trainer for that task, made once by one factory and
+importable by name (Ultralytics' DDP launch pickles the trainer class and rebuilds it in each worker process). Use it
+through Ultralytics' extension point:
+
+    YOLO("slim.pt").train(trainer=trainer_for("detect"), data="data.yaml", epochs=10, pruning=True, prune_at_epoch=2)
+
+What it changes, and nothing else:
+- a model whose layers differ from its YAML (a slim checkpoint) is trained as it is; the stock trainer would rebuild it
+  from the YAML and copy only the tensors whose shapes still match. Resume keeps it too.
+- yoloprune's keys (see `yoloprune.train.config`) are accepted next to Ultralytics' and stored in `train_args`, so
+  `resume` and DDP workers get them back; validators and saved models see only Ultralytics' keys.
+- sparsity training adds the penalty's gradient once per optimizer step and logs sparsity columns in `results.csv`.
+- `pruning=True` slims the model and its EMA at the start of epoch `prune_at_epoch` (see `inprune.py`).
+"""
+
+from __future__ import annotations
+
+from copy import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+from ultralytics.models import yolo
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+
+from ..errors import UserError
+from .config import KEYS, CompressionConfig
+from .inprune import prune_in_training, validate_prunable
+from .regularize import build_regularizer, get_sparsity
+
+BASES = {
+    "detect": yolo.detect.DetectionTrainer,
+    "segment": yolo.segment.SegmentationTrainer,
+    "pose": yolo.pose.PoseTrainer,
+    "obb": yolo.obb.OBBTrainer,
+    "classify": yolo.classify.ClassificationTrainer,
+}
+PREFIX = "yoloprune:"
+
+
+def _check_data(overrides: dict) -> None:
+    """A `data` that does not exist is a one-line error here, before Ultralytics would try to download it."""
+    data = overrides.get("data")
+    if data is None or overrides.get("resume"):
+        return
+    if isinstance(data, dict):
+        return
+    p = Path(str(data))
+    if p.exists():
+        return
+    from ultralytics.utils import ROOT
+
+    shipped = (ROOT / "cfg" / "datasets" / p.name).is_file() and p.parent == Path(".")
+    from ..offline import is_offline
+
+    if shipped and not is_offline():
+        return  # an Ultralytics dataset name: Ultralytics downloads it
+    hint = " (Ultralytics would download it, but this run is offline)" if shipped else ""
+    raise UserError(f"data '{data}' not found{hint}: pass the path of a dataset YAML (a folder for classify); "
+                    "`yoloprune dataset DIR` writes a synthetic one")
+
+
+def _same_architecture(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+def _model_classes(model: nn.Module) -> int | None:
+    names = getattr(model, "names", None)
+    return len(names) if names else getattr(model, "nc", None)
+
+
+class CompressionTrainer:
+    """Mixin over an Ultralytics task trainer; see the module docstring. `trainer_for(task)` builds the classes."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
+        overrides = dict(overrides or {})
+        self.compression = CompressionConfig.pop_from(overrides)
+        if not overrides.get("resume"):
+            from ultralytics.cfg import get_cfg
+
+            epochs = overrides.get("epochs", get_cfg(cfg).epochs)
+            self.compression.validate(epochs)
+            _check_data(overrides)
+        super().__init__(cfg, overrides, _callbacks)
+        if self.resume:
+            self._restore_compression(overrides)
+        for k, v in self.compression.to_dict().items():
+            setattr(self.args, k, v)  # kept in train_args: resume and DDP workers read them back
+        self.regularizer = build_regularizer(self.compression.sparsity)
+        self._batches_since_step = 0
+        self._last_sparsity: dict | None = None
+        self.add_callback("on_train_batch_start", _count_batch)
+        self.add_callback("on_pretrain_routine_end", _announce)
+        self.add_callback("on_train_epoch_start", _maybe_prune)
+        if changed := self.compression.changed():
+            LOGGER.info(f"{PREFIX} " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+
+    def _restore_compression(self, overrides: dict) -> None:
+        """On resume, yoloprune's keys come back from the checkpoint's `train_args`, like Ultralytics' own."""
+        from ultralytics.utils.patches import torch_load
+
+        ckpt = torch_load(self.args.resume, map_location="cpu")
+        saved = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k in KEYS}
+        asked = CompressionConfig.pop_from({k: v for k, v in overrides.items() if k in KEYS}).changed()
+        self.compression = CompressionConfig.pop_from(dict(saved))
+        if ignored := [k for k, v in asked.items() if saved.get(k) != v]:
+            LOGGER.warning(f"{PREFIX} resume ignores {ignored}, using the checkpoint's values")
+
+    # --- model ---------------------------------------------------------------------------------------------------
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        """Keep a model whose architecture differs from its YAML (slim); otherwise Ultralytics' usual build."""
+        if not isinstance(weights, nn.Module):
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        stock = super().get_model(cfg=cfg, weights=None, verbose=False)
+        if _same_architecture(stock, weights):
+            return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        nc, data_nc = _model_classes(weights), self.data["nc"]
+        if nc is not None and nc != data_nc:
+            raise UserError(f"the slim model predicts {nc} classes but data '{self.args.data}' has {data_nc}: slim a "
+                            "model trained on this data, or fine-tune the base model on it first")
+        model = weights.float()
+        for p in model.parameters():
+            p.requires_grad_(p.dtype.is_floating_point)
+        if RANK in {-1, 0}:
+            params, base = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters())
+            LOGGER.info(f"{PREFIX} training the slim model as it is: {params:,} params ({base:,} in its YAML)")
+        return model
+
+    # --- validation sees only Ultralytics' keys ---------------------------------------------------------------------
+    def get_validator(self):
+        full = self.args
+        self.args = copy(full)
+        for k in KEYS:
+            self.args.__dict__.pop(k, None)
+        try:
+            return super().get_validator()
+        finally:
+            self.args = full
+
+    # --- sparsity training -----------------------------------------------------------------------------------------
+    def optimizer_step(self):
+        """Add the sparsity penalty's gradient once per step, in the units the scaled, accumulated loss has."""
+        if self.regularizer is not None:
+            images = self._batches_since_step * self.batch_size  # the loss is a sum over these images (all ranks)
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            self.regularizer.add_grad_(_unwrap(self.model), scale * images)
+        self._batches_since_step = 0
+        super().optimizer_step()
+
+    def save_metrics(self, metrics):
+        if self.compression.sparsity.enabled or self.compression.pruning.pruning:
+            metrics = {**metrics, **self._sparsity_columns()}
+        super().save_metrics(metrics)
+
+    def _sparsity_columns(self) -> dict:
+        model = self.ema.ema if self.ema else _unwrap(self.model)
+        s = get_sparsity(model, self.compression.sparsity.sparsity_threshold)
+        cols = {
+            "sparsity/weights": round(s["overall_sparsity"], 6),
+            "sparsity/channels": round(s["channel_sparsity"], 6),
+            "sparsity/bn_gamma": round(s["bn_sparsity"], 6),
+            "sparsity/bn_gamma_mean": round(s["bn_gamma"].get("mean", 0.0), 6),
+            "sparsity/bn_gamma_hoyer": s["bn_gamma"].get("hoyer", 0.0),
+            "model/params": sum(p.numel() for p in model.parameters()),
+        }
+        if self.regularizer is not None:
+            with torch.no_grad():
+                cols["sparsity/penalty"] = float(self.regularizer(model))
+        prev, self._last_sparsity = self._last_sparsity, cols
+        trend = ""
+        if prev:
+            d = {k: cols[k] - prev[k] for k in cols if k in prev}
+            trend = (f" | since last epoch: weights {d['sparsity/weights']:+.2%}, mean |gamma| "
+                     f"{d['sparsity/bn_gamma_mean']:+.4f}, gamma Hoyer {d['sparsity/bn_gamma_hoyer']:+.4f}")
+        LOGGER.info(f"{PREFIX} epoch {self.epoch + 1} sparsity (below {self.compression.sparsity.sparsity_threshold:g}): "
+                    f"weights {cols['sparsity/weights']:.2%}, channels {cols['sparsity/channels']:.2%}, BN gamma "
+                    f"{cols['sparsity/bn_gamma']:.2%}; mean |gamma| {cols['sparsity/bn_gamma_mean']:.4f}, gamma Hoyer "
+                    f"{cols['sparsity/bn_gamma_hoyer']:.4f}{trend}")
+        return cols
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    return unwrap_model(model)
+
+
+def _count_batch(trainer) -> None:
+    trainer._batches_since_step += 1
+
+
+def _announce(trainer) -> None:
+    """Before the first epoch: check the model can be pruned and say what will happen."""
+    cfg = trainer.compression.pruning
+    if cfg.pruning and trainer.start_epoch <= cfg.prune_at_epoch:
+        validate_prunable(trainer)
+
+
+def _maybe_prune(trainer) -> None:
+    cfg = trainer.compression.pruning
+    if cfg.pruning and trainer.epoch == cfg.prune_at_epoch:
+        prune_in_training(trainer)
+
+
+def _make(task: str) -> type:
+    base = BASES[task]
+    name = f"{task.capitalize()}CompressionTrainer" if task != "obb" else "OBBCompressionTrainer"
+    cls = type(name, (CompressionTrainer, base), {"__module__": __name__, "__doc__": f"{base.__name__} + yoloprune."})
+    cls.__qualname__ = name
+    return cls
+
+
+TRAINERS = {task: _make(task) for task in BASES}
+globals().update({cls.__name__: cls for cls in TRAINERS.values()})  # importable by name, for DDP workers
+
+
+def trainer_for(task_or_model) -> type:
+    """The yoloprune trainer class for a task name, a `YOLO` object or a model (its `task`)."""
+    task = task_or_model if isinstance(task_or_model, str) else getattr(task_or_model, "task", None)
+    if task not in TRAINERS:
+        from ..errors import close_match
+
+        raise UserError(f"task '{task}' has no yoloprune trainer{close_match(str(task), TRAINERS)}; "
+                        f"supported: {', '.join(TRAINERS)}")
+    return TRAINERS[task]
