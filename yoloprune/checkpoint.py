@@ -125,8 +125,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, base: LoadedModel, extra
     """
     from ultralytics import __version__
 
+    from ultralytics.nn.tasks import guess_model_task
+
     path = Path(path)
     check_writable(path)
+    if not getattr(model, "task", None):
+        model.task = guess_model_task(model)  # Ultralytics reads the task from the saved model
     args = model.args if isinstance(getattr(model, "args", None), dict) else {}
     ckpt = {
         **base.ckpt,

@@ -31,14 +31,21 @@ def cmd_slim(args: argparse.Namespace) -> int:
         check_writable(out)
     if args.json:
         check_writable(Path(args.json))
-    slimmer = Slimmer(args.model, ratio=args.ratio, importance=args.importance, rules=args.rules,
-                      round_to=args.round_to, imgsz=args.imgsz)
+    if args.method == "layer":
+        from .depth import LayerPruner
+
+        slimmer = LayerPruner(args.model, ratio=args.ratio, importance=args.importance, imgsz=args.imgsz)
+    elif args.method == "channel":
+        slimmer = Slimmer(args.model, ratio=args.ratio, importance=args.importance, rules=args.rules,
+                          round_to=args.round_to, imgsz=args.imgsz)
+    else:
+        raise UserError(f"method '{args.method}' is unknown; use channel or layer")
     if args.dry_run:
         report = slimmer.plan()
     else:
         slimmer.slim()
         report = slimmer.report
-    print(report.format(layers=args.layers))
+    print(report.format(layers=args.layers) if args.method == "channel" else report.format())
     if args.json:
         text = json.dumps(report.to_dict(), indent=2)
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
@@ -48,6 +55,53 @@ def cmd_slim(args: argparse.Namespace) -> int:
         slimmer.save(out)
         print(f"saved {out}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import parse_train_args
+    from .train.run import train
+
+    train(**parse_train_args(args.keys))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze, format_analysis, gamma_histogram
+    from .checkpoint import atomic_write, check_writable
+
+    for out in (args.hist, args.json):
+        if out:
+            check_writable(Path(out))
+    result = analyze(args.model, threshold=args.threshold, rules=args.rules)
+    print(format_analysis(result))
+    if args.hist:
+        gamma_histogram(args.model, args.hist, threshold=args.threshold)
+        print(f"saved BN gamma histogram {args.hist}")
+    if args.json:
+        text = json.dumps(result, indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from .data import make_dataset
+
+    out = make_dataset(args.dir, task=args.task, train=args.train, val=args.val, imgsz=args.imgsz,
+                       classes=args.classes, seed=args.seed)
+    print(f"wrote {args.train} train + {args.val} val {args.task} images; use data={out}")
+    return 0
+
+
+TRAIN_HELP = """Train with Ultralytics' keys plus yoloprune's, as key=value pairs (a cfg=file.yaml may hold them all).
+
+Examples:
+  yoloprune train model=yolo26n.yaml data=shapes/data.yaml epochs=100 structured_l1=True lambda_bn=1e-4
+  yoloprune train model=best.pt data=shapes/data.yaml epochs=50 pruning=True pruning_ratio=0.3 prune_at_epoch=10
+  yoloprune train model=slim.pt data=shapes/data.yaml epochs=30      # the slim architecture is kept
+  yoloprune train resume=runs/detect/train/weights/last.pt
+  yoloprune train cfg=compression_config.yaml
+
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +118,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the report as JSON to this path")
     s.add_argument("--layers", action="store_true", help="list every layer's width in the report")
     s.add_argument("--dry-run", action="store_true", help="plan and report only; write nothing")
+    s.add_argument("--method", default="channel", choices=("channel", "layer"),
+                   help="channel: narrower layers; layer: remove whole repeated blocks (default channel)")
     s.set_defaults(func=cmd_slim)
+
+    from .train.config import describe_keys
+
+    t = sub.add_parser("train", help="Ultralytics training + sparsity, pruning; slim models stay slim",
+                       description=TRAIN_HELP + describe_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("keys", nargs="*", metavar="key=value", help="Ultralytics train keys and yoloprune keys")
+    t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("analyze", help="weight / channel / BN-gamma sparsity and shortcut groups of a model")
+    a.add_argument("model", help="a .pt checkpoint or a model YAML")
+    a.add_argument("--threshold", type=float, default=1e-3, help="|value| counted as zero (default 1e-3)")
+    a.add_argument("--rules", default="yolo26", help="shortcut rules for the group summary (default yolo26)")
+    a.add_argument("--hist", help="write a PNG histogram of |BN gamma| here")
+    a.add_argument("--json", help="also write the figures as JSON to this path")
+    a.set_defaults(func=cmd_analyze)
+
+    d = sub.add_parser("dataset", help="write a deterministic synthetic dataset (shapes on textured backgrounds)")
+    d.add_argument("dir", help="folder to write")
+    d.add_argument("--task", default="detect", help="detect, segment, pose, obb or classify (default detect)")
+    d.add_argument("--train", type=int, default=64, help="training images (default 64)")
+    d.add_argument("--val", type=int, default=32, help="validation images (default 32)")
+    d.add_argument("--imgsz", type=int, default=160, help="image size (default 160)")
+    d.add_argument("--classes", type=int, default=3, help="shape classes, up to 8 (default 3)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.set_defaults(func=cmd_dataset)
     return parser
 
 

@@ -123,7 +123,8 @@ def _trace(model: nn.Module, units: list[tuple[str, nn.Module]]) -> tuple[dict, 
         model.eval()
         s = 2 * max_stride(model)
         with torch.no_grad():
-            model(torch.zeros(1, input_channels(model), s, s, device=next(model.parameters()).device))
+            p = next(model.parameters())
+            model(torch.zeros(1, input_channels(model), s, s, device=p.device, dtype=p.dtype))
     finally:
         model.train(was)
         for h in hooks:

@@ -14,7 +14,7 @@ def trainer_for(task_or_model):
     return _trainer_for(task_or_model)
 
 
-def train(model, **kwargs):
+def train(model=None, **kwargs):
     """Train `model` (a `.pt` path, a model YAML or a `YOLO`) with Ultralytics' and yoloprune's keys; see `run.py`."""
     from .run import train as _train
 

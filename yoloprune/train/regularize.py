@@ -76,7 +76,7 @@ def hoyer(x: torch.Tensor) -> float:
     n, l2 = x.numel(), x.norm()
     if n < 2 or l2 == 0:
         return 0.0
-    return ((n**0.5 - x.sum() / l2) / (n**0.5 - 1)).item()
+    return max(0.0, ((n**0.5 - x.sum() / l2) / (n**0.5 - 1)).item())
 
 
 class L1Regularizer:

@@ -121,9 +121,16 @@ class CompressionTrainer:
         if nc is not None and nc != data_nc:
             raise UserError(f"the slim model predicts {nc} classes but data '{self.args.data}' has {data_nc}: slim a "
                             "model trained on this data, or fine-tune the base model on it first")
+        kpt, data_kpt = getattr(weights, "kpt_shape", None), self.data.get("kpt_shape")
+        if kpt is not None and data_kpt is not None and list(kpt) != list(data_kpt):
+            raise UserError(f"the slim model predicts keypoints of shape {list(kpt)} but data '{self.args.data}' has "
+                            f"{list(data_kpt)}: slim a model trained on this data")
         model = weights.float()
         for p in model.parameters():
             p.requires_grad_(p.dtype.is_floating_point)
+        for m in model.modules():
+            if isinstance(m, nn.Dropout) and getattr(self.args, "dropout", 0):
+                m.p = self.args.dropout
         if RANK in {-1, 0}:
             params, base = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in stock.parameters())
             LOGGER.info(f"{PREFIX} training the slim model as it is: {params:,} params ({base:,} in its YAML)")

@@ -1,0 +1,302 @@
+"""Training as a user runs it: sparsity columns, pruning inside training, resume, slim models staying slim, DDP args."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from yoloprune.data import make_dataset
+from yoloprune.errors import UserError
+from yoloprune.report import layer_widths
+from yoloprune.train import train, trainer_for
+
+FAST = dict(imgsz=64, batch=8, nbs=8, workers=0, plots=False, amp=False, seed=0, deterministic=True, exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("shapes"), "detect", train=24, val=8, imgsz=64)
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "results.csv") as f:
+        return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def ckpt_model(path):
+    """The model a checkpoint holds (EMA in unfinished runs, `model` once Ultralytics stripped it)."""
+    ckpt = torch.load(path, weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).float()
+
+
+def params(path) -> int:
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return sum(p.numel() for p in load_checkpoint(str(path))[0].parameters())
+
+
+def small_model(yaml="yolo26n.yaml", nc=3, **kw):
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
+
+    task = guess_model_task(yaml_model_load(yaml))
+    cls = {"detect": DetectionModel, "segment": SegmentationModel, "pose": PoseModel, "obb": OBBModel,
+           "classify": ClassificationModel}[task]
+    return cls(yaml, nc=nc, verbose=False, **kw)
+
+
+def test_structured_l1_makes_bn_gamma_sparser(shapes, tmp_path):
+    """Acceptance: a 3-epoch structured_l1 run shows BN-gamma sparsity rising in results.csv, against a plain run."""
+    common = dict(data=str(shapes), epochs=3, project=str(tmp_path), **FAST)
+    train("yolo26n.yaml", name="reg", structured_l1=True, lambda_bn=1e-3, **common)
+    train("yolo26n.yaml", name="plain", pruning=False, l1_regularization=False, **common)
+    reg = rows(tmp_path / "reg")
+    mean = [r["sparsity/bn_gamma_mean"] for r in reg]
+    hoyer = [r["sparsity/bn_gamma_hoyer"] for r in reg]
+    print("mean |gamma| per epoch", mean, "Hoyer", hoyer)
+    assert len(reg) == 3 and all(b < a for a, b in zip(mean, mean[1:])), mean
+    assert all(b > a for a, b in zip(hoyer, hoyer[1:])), hoyer
+    assert all(r["sparsity/penalty"] > 0 for r in reg)
+    plain = rows(tmp_path / "plain")
+    assert "sparsity/bn_gamma_mean" not in plain[0]  # columns only when sparsity training or pruning is on
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from yoloprune.train import get_sparsity
+
+    g_plain = get_sparsity(load_checkpoint(str(tmp_path / "plain/weights/last.pt"))[0])["bn_gamma"]["mean"]
+    print(f"final mean |gamma|: regularised {mean[-1]:.5f}, plain {g_plain:.5f}")
+    assert mean[-1] < g_plain - 1e-3  # the penalty, not the data, moved gamma
+
+
+def test_prune_in_training_then_kill_and_resume(shapes, tmp_path):
+    """Acceptance: prune at epoch 1 of 3, kill after the prune, resume: the slim model is kept, best.pt loads stock."""
+    from ultralytics import YOLO
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_second_epoch(trainer):
+        if trainer.epoch == 1:
+            raise Killed
+
+    yolo = YOLO("yolo26n.yaml")
+    yolo.add_callback("on_model_save", kill_after_second_epoch)
+    with pytest.raises(Killed):
+        yolo.train(trainer=trainer_for("detect"), data=str(shapes), epochs=3, project=str(tmp_path), name="p",
+                   pruning=True, pruning_ratio=0.3, prune_at_epoch=1, **FAST)
+    run = tmp_path / "p"
+    base = sum(p.numel() for p in small_model().parameters())
+    killed = params(run / "weights/last.pt")
+    assert killed < 0.8 * base, (killed, base)
+    killed_widths = layer_widths(ckpt_model(run / "weights/last.pt"))
+
+    train(resume=str(run / "weights/last.pt"))
+    table = rows(run)
+    print("params per epoch", [int(r["model/params"]) for r in table])
+    assert [int(r["epoch"]) for r in table] == [1, 2, 3]
+    assert table[0]["model/params"] > table[1]["model/params"] == table[2]["model/params"]
+    assert params(run / "weights/best.pt") == killed
+    assert layer_widths(ckpt_model(run / "weights/best.pt")) == killed_widths
+    code = ("from ultralytics import YOLO; import sys; m = YOLO(sys.argv[1]); r = m.val(data=sys.argv[2], imgsz=64, "
+            "batch=8, plots=False, workers=0); print('PARAMS', sum(p.numel() for p in m.model.parameters()), "
+            "'MAP', r.box.map50); assert 'yoloprune' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code, str(run / "weights/best.pt"), str(shapes)],
+                         capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "MAP" in out.stdout
+
+
+def test_cli_train_keeps_slim_widths(shapes, tmp_path):
+    """Acceptance: `yoloprune train model=slim.pt data=... epochs=1` keeps the slim widths (and the weights)."""
+    from yoloprune import Slimmer
+
+    s = Slimmer(small_model(), ratio=0.4)
+    slim_path = s.save(tmp_path / "slim.pt")
+    widths = layer_widths(s.model)
+    cmd = [sys.executable, "-m", "yoloprune.cli", "train", f"model={slim_path}", f"data={shapes}", "epochs=1",
+           "imgsz=64", "batch=8", "workers=0", "plots=False", f"project={tmp_path}", "name=ft", "optimizer=SGD",
+           "lr0=0", "warmup_epochs=0", "warmup_bias_lr=0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Transferred" not in out.stdout + out.stderr  # no rebuild from the YAML
+    trained = ckpt_model(tmp_path / "ft/weights/last.pt")
+    assert layer_widths(trained) == widths
+    before = dict(s.model.named_parameters())
+    diff = max((p - before[n]).abs().max().item() for n, p in trained.named_parameters() if "bn" not in n)
+    print("max |w - w_slim| after an lr=0 epoch:", diff)
+    assert diff < 1e-2  # fp16 checkpoint rounding only: the slim weights were trained, not re-initialised
+
+
+@pytest.mark.parametrize("task, yaml, extra", [
+    ("segment", "yolo26n-seg.yaml", {}),
+    ("pose", "yolo26n-pose.yaml", {"data_kpt_shape": (4, 3)}),
+    ("obb", "yolo26n-obb.yaml", {}),
+    ("classify", "yolo26n-cls.yaml", {}),
+])
+def test_every_task_trains_its_slim_model(task, yaml, extra, tmp_path):
+    from yoloprune import Slimmer
+
+    data = make_dataset(tmp_path / "data", task, train=16, val=8, imgsz=64)
+    s = Slimmer(small_model(yaml, **extra), ratio=0.3, imgsz=64)
+    slim = s.save(tmp_path / "slim.pt")
+    train(str(slim), data=str(data), epochs=1, project=str(tmp_path), name="run",
+          **FAST)
+    best = tmp_path / "run/weights/best.pt"
+    assert layer_widths(ckpt_model(best)) == layer_widths(s.model)
+
+
+def test_layer_pruning_in_training(shapes, tmp_path):
+    """Acceptance: pruning_method=layer removes blocks inside training and the model still validates."""
+    from ultralytics import YOLO
+
+    train("yolo26n.yaml", data=str(shapes), epochs=2, project=str(tmp_path), name="lay", pruning=True,
+          pruning_method="layer", pruning_ratio=0.5, prune_at_epoch=1, **FAST)
+    best = tmp_path / "lay/weights/best.pt"
+    names = {n for n, _ in ckpt_model(best).named_modules()}
+    base = {n for n, _ in small_model().named_modules()}
+    removed = base - names
+    print("modules gone:", sorted(removed)[:8])
+    assert any(n.endswith(".m.0") or n.endswith(".m.1") for n in removed)
+    metrics = YOLO(str(best)).val(data=str(shapes), imgsz=64, batch=8, plots=False, workers=0)
+    assert metrics.box.map50 >= 0
+
+
+def test_ddp_workers_get_yoloprune_keys(shapes, tmp_path):
+    """Ultralytics' DDP launch rebuilds the trainer in each worker from pickled args: ours must survive it."""
+    pytest.importorskip("cloudpickle")
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.utils.dist import generate_ddp_file
+    from ultralytics.utils.patches import torch_load
+
+    keys = dict(pruning=True, pruning_ratio=0.4, prune_at_epoch=2, importance_metric="bn", structured_l1=True,
+                lambda_bn=3e-4, pruning_method="layer")
+    parent = trainer_for("detect")(overrides=dict(model="yolo26n.yaml", data=str(shapes), epochs=5,
+                                                  project=str(tmp_path), name="ddp", **keys))
+    file = generate_ddp_file(parent)
+    try:
+        script = Path(file).read_text()
+        state = torch_load(str(Path(file).with_suffix(".pt")), map_location="cpu")
+        assert "state[\"trainer\"](cfg=cfg, overrides=state[\"args\"]" in script  # what the worker runs
+        cfg = DEFAULT_CFG_DICT.copy()
+        cfg.update(save_dir="")
+        child = state["trainer"](cfg=cfg, overrides=state["args"], _callbacks=state["callbacks"])
+    finally:
+        Path(file).unlink(missing_ok=True)
+        Path(file).with_suffix(".pt").unlink(missing_ok=True)
+    assert child.compression.to_dict() == parent.compression.to_dict()
+    for k, v in keys.items():
+        assert child.compression.to_dict()[k] == v
+    assert type(child.regularizer).__name__ == "StructuredL1Regularizer"
+
+
+def test_penalty_is_exact_under_amp_scaling_and_accumulation():
+    """One optimizer step adds exactly lambda * images * dR/dw, whatever the loss scale and accumulation."""
+    from torch import nn
+    from ultralytics.utils.torch_utils import ModelEMA  # noqa: F401  (the trainer's module imports it)
+
+    from yoloprune.train.regularize import StructuredL1Regularizer
+    from yoloprune.train.trainer import TRAINERS
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([0.5, -0.2, 0.1, 1.0]))
+    reg = StructuredL1Regularizer(lambda_l1=1e-4, lambda_bn=1e-3)
+    expected = {}
+    probe = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
+    for scale, batches, batch in ((1.0, 1, 8), (1024.0, 4, 2)):
+        t = object.__new__(TRAINERS["detect"])
+        t.regularizer, t._batches_since_step, t.batch_size, t.ema = reg, batches, batch, None
+        t.device = torch.device("cpu")
+        t.model = net
+        t.optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+        t.scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=scale != 1.0)
+        t.scaler.scale(torch.zeros(()))  # as the backward of a scaled loss would
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)  # a (scaled) zero data gradient
+        t.optimizer_step()
+        net.zero_grad()
+        moved = {n: before[n] - p.detach() for n, p in net.named_parameters()}
+        for p in probe.values():
+            p.grad = None
+        pn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        pn.load_state_dict({**net.state_dict(), **before})
+        (reg(pn) * batches * batch).backward()
+        expected = {n: p.grad for n, p in pn.named_parameters() if p.grad is not None}
+        for n, g in expected.items():
+            print(scale, batches, n, (moved[n] - g).abs().max().item())
+            assert torch.allclose(moved[n], g, atol=1e-6), n
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(before[n])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data=/no/such.yaml"], "not found"),
+    (["epochs=3", "pruning=True", "prune_at_epoch=3"], "prune_at_epoch=3 must be below epochs=3"),
+    (["lambda_l1=-1"], "lambda_l1=-1.0 must be >= 0"),
+    (["pruning_ratio=1.5"], "outside (0, 1)"),
+    (["pruning_ratio=0"], "outside (0, 1)"),
+    (["prune_at_epok=3"], "did you mean 'prune_at_epoch'"),
+    (["importance_metric=l3"], "importance_metric 'l3' is unknown"),
+    (["cfg=/no/such/cfg.yaml"], "cfg file"),
+    (["pruning=maybe"], "must be a bool"),
+    (["model=/no/such.pt"], "not found"),
+])
+def test_bad_train_input_is_one_line(argv, message, shapes, tmp_path, capsys):
+    from yoloprune.cli import main
+
+    defaults = {"model": "yolo26n.yaml", "data": str(shapes), "epochs": 2, "project": str(tmp_path)}
+    given = {a.split("=")[0] for a in argv}
+    args = [f"{k}={v}" for k, v in defaults.items() if k not in given] + argv
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "train").exists()  # nothing started
+
+
+def test_slim_class_mismatch_is_refused(shapes, tmp_path, capsys):
+    from yoloprune import Slimmer
+    from yoloprune.cli import main
+
+    slim = Slimmer(small_model(nc=5), ratio=0.3).save(tmp_path / "slim5.pt")
+    assert main(["train", f"model={slim}", f"data={shapes}", "epochs=1", f"project={tmp_path}", "imgsz=64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "predicts 5 classes but data" in err and "has 3" in err, err
+
+
+def test_seed_compression_config_runs(shapes, tmp_path):
+    """The seed's compression_config.yaml, with data/model swapped for local ones (and short settings)."""
+    cfg = tmp_path / "compression_config.yaml"
+    cfg.write_text(f"""
+task: detect
+mode: train
+model: yolo26n.yaml
+data: {shapes}
+epochs: 2
+batch: 8
+imgsz: 64
+
+# L1 Regularization
+l1_regularization: True
+lambda_l1: 0.00001
+structured_l1: True
+lambda_bn: 0.0001
+
+# Pruning
+pruning: True
+pruning_ratio: 0.3
+pruning_method: channel
+importance_metric: bn
+prune_at_epoch: 1
+""")
+    out = subprocess.run([sys.executable, "-m", "yoloprune.cli", "train", f"cfg={cfg}", f"project={tmp_path}",
+                          "name=seed", "workers=0", "plots=False", "nbs=8"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = rows(tmp_path / "seed")
+    assert table[1]["model/params"] < table[0]["model/params"]
