@@ -27,3 +27,21 @@ def test_prune_model_returns_slim_copy():
     base = YOLO("yolo11n.yaml").model
     slim = prune_model(base, pruning_ratio=0.3)
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in base.parameters())
+
+
+def test_seed_monitoring_example_with_ratio_zero():
+    """The seed's monitoring snippet: `ChannelPruner(model, pruning_ratio=0.0).get_model_sparsity()`."""
+    from ultralytics import YOLO
+
+    from yoloprune import ChannelPruner, UserError
+    from yoloprune.train import L1Regularizer
+
+    model = YOLO("yolo26n.yaml")
+    assert 0 <= L1Regularizer().get_sparsity(model.model)["overall_sparsity"] < 0.1
+    pruner = ChannelPruner(model.model, pruning_ratio=0.0)
+    s = pruner.get_model_sparsity()
+    assert s["channel_sparsity"] == 0.0 and s["planned_ratio"] == 0.0
+    import pytest
+
+    with pytest.raises(UserError):
+        pruner.prune()

@@ -16,6 +16,12 @@ _EXPORTS = {
     "ChannelPruner": "compat",
     "prune_model": "compat",
     "load_rules": "shortcut_rules",
+    "LayerPruner": "depth",
+    "L1Regularizer": "train.regularize",
+    "StructuredL1Regularizer": "train.regularize",
+    "get_sparsity": "train.regularize",
+    "trainer_for": "train",
+    "make_dataset": "data",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

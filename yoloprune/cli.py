@@ -58,10 +58,13 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .offline import ensure_font
     from .train.config import parse_train_args
     from .train.run import train
 
-    train(**parse_train_args(args.keys))
+    keys = parse_train_args(args.keys)
+    ensure_font()
+    train(**keys)
     return 0
 
 

@@ -23,6 +23,9 @@ class ChannelPruner:
         config_file: shortcut rules name (`yolo26`) or YAML path.
         round_to: kept widths are multiples of this.
 
+    `pruning_ratio=0.0` makes an analysis-only pruner (the seed's monitoring example): sparsity and groups work,
+    `prune()` refuses.
+
     Example:
         >>> pruner = ChannelPruner(YOLO("yolo26n.yaml").model, pruning_ratio=0.3, importance_metric="l1")
         >>> pruner.get_model_sparsity()["channel_sparsity"]
@@ -31,7 +34,8 @@ class ChannelPruner:
 
     def __init__(self, model, pruning_ratio: float = 0.3, importance_metric: str = "l1", preserve_shortcuts: bool = True,
                  config_file="yolo26", round_to: int = 8):
-        self._slimmer = Slimmer(model, ratio=pruning_ratio, importance=importance_metric,
+        self.analysis_only = pruning_ratio == 0 and not isinstance(pruning_ratio, bool)
+        self._slimmer = Slimmer(model, ratio=0.5 if self.analysis_only else pruning_ratio, importance=importance_metric,
                                 rules=_rules(preserve_shortcuts, config_file), round_to=round_to)
         self.model = self._slimmer.loaded.model
         self._groups = None
@@ -41,6 +45,9 @@ class ChannelPruner:
         """Coupled groups with their shortcut kind and planned width (computed once)."""
         if self._groups is None:
             self._groups = self._slimmer.groups()
+            if self.analysis_only:
+                for g in self._groups:
+                    g.keep = g.width
         return self._groups
 
     @property
@@ -73,6 +80,10 @@ class ChannelPruner:
 
     def prune(self) -> SlimReport:
         """Physically slim the model in place (its layers are replaced by narrower ones); return the report."""
+        if self.analysis_only:
+            from .errors import UserError
+
+            raise UserError("pruning_ratio=0 makes an analysis-only ChannelPruner; pass a ratio in (0, 1) to prune")
         slim = self._slimmer.slim()
         self.model.model = slim.model
         self._groups = None

@@ -18,14 +18,32 @@ def use_offline(config_dir: str | Path | None = None) -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     if config_dir is None:
         return
-    target = Path(config_dir) / "Ultralytics"
+    _copy_font(Path(config_dir) / "Ultralytics")
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+
+
+def ensure_font() -> None:
+    """Offline, give Ultralytics' config folder the font it would otherwise try to download on every train/val.
+
+    matplotlib's DejaVuSans is copied in as `Arial.ttf` (Ultralytics only draws plot labels with it).
+    """
+    if not is_offline():
+        return
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    try:
+        _copy_font(Path(USER_CONFIG_DIR))
+    except OSError:
+        pass  # a read-only config folder: Ultralytics' check only costs a failed request then
+
+
+def _copy_font(target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     font = target / "Arial.ttf"
     if not font.exists():
         import matplotlib
 
         shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
-    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
 
 
 def is_offline() -> bool:

@@ -54,4 +54,13 @@ def train(model=None, **kwargs):
         loaded = load_model(model)  # one-line errors for missing, corrupt or non-YOLO files
         yolo = YOLO(str(model))
         del loaded
-    return yolo.train(trainer=trainer_for(yolo.task), **kwargs)
+    try:
+        return yolo.train(trainer=trainer_for(yolo.task), **kwargs)
+    except RuntimeError as e:
+        if str(e).startswith("Dataset '"):  # Ultralytics' own check of the data YAML's contents
+            raise UserError(" ".join(str(e).split(" Note dataset download")[0].split())) from None
+        raise
+    except AssertionError as e:
+        if "nothing to resume" in str(e):
+            raise UserError(f"{str(e).splitlines()[0]}: start a new run instead of resume") from None
+        raise
