@@ -78,7 +78,36 @@ class PruningConfig:
         return self.shortcut_rules if self.preserve_shortcuts else "none"
 
 
-CONFIGS = (SparsityConfig, PruningConfig)
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher."""
+
+    distillation: bool = field(default=False, metadata=_meta("distil a teacher into the model being trained"))
+    teacher_model: str = field(default="", metadata=_meta("teacher checkpoint (.pt) of the same task and classes"))
+    temperature: float = field(default=4.0, metadata=_meta("softening temperature of scores and feature maps"))
+    distill_alpha: float = field(default=0.7, metadata=_meta("loss = (1 - alpha) * task + alpha * distillation"))
+    distill_features: bool = field(default=False, metadata=_meta("also distil neck features (with distill_type=response)"))
+    distill_type: str = field(default="response", metadata=_meta("response (head outputs), feature (neck) or yolo (both)"))
+
+    def validate(self) -> None:
+        from ..distill.distiller import TYPES
+
+        if not self.distillation:
+            return
+        if not self.teacher_model:
+            raise UserError("distillation=True needs teacher_model=path/to/teacher.pt")
+        if not Path(self.teacher_model).is_file():
+            raise UserError(f"teacher_model '{self.teacher_model}' not found: pass the path of a trained .pt checkpoint")
+        if not 0 <= self.distill_alpha <= 1:
+            raise UserError(f"distill_alpha={self.distill_alpha!r} must be within [0, 1] (the distillation share)")
+        if not self.temperature > 0:
+            raise UserError(f"temperature={self.temperature!r} must be > 0 (typical 2 to 5)")
+        if self.distill_type not in TYPES:
+            raise UserError(f"distill_type '{self.distill_type}' is unknown{close_match(self.distill_type, TYPES)}; "
+                            f"use one of {', '.join(TYPES)}")
+
+
+CONFIGS = (SparsityConfig, PruningConfig, DistillConfig)
 KEYS: dict[str, type] = {f.name: c for c in CONFIGS for f in fields(c)}
 
 
@@ -96,6 +125,8 @@ def _coerce(cls: type, name: str, value):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind == "str":
+        if value is None:
+            return ""
         if isinstance(value, (str, Path)):
             return str(value)
     raise UserError(f"{name}={value!r} must be a {kind} (e.g. {name}={getattr(cls(), name)!r})")
@@ -107,12 +138,13 @@ class CompressionConfig:
 
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @classmethod
     def pop_from(cls, args: dict) -> "CompressionConfig":
         """Remove yoloprune's keys from `args` (in place) and return them as a config; values are type-checked."""
         cfg = cls()
-        parts = {SparsityConfig: cfg.sparsity, PruningConfig: cfg.pruning}
+        parts = {SparsityConfig: cfg.sparsity, PruningConfig: cfg.pruning, DistillConfig: cfg.distill}
         for name in [k for k in args if k in KEYS]:
             owner = KEYS[name]
             setattr(parts[owner], name, _coerce(owner, name, args.pop(name)))
@@ -121,10 +153,12 @@ class CompressionConfig:
     def validate(self, epochs: int | None = None) -> "CompressionConfig":
         self.sparsity.validate()
         self.pruning.validate(epochs)
+        self.distill.validate()
         return self
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(part, f.name) for part in (self.sparsity, self.pruning) for f in fields(part)}
+        return {f.name: getattr(part, f.name) for part in (self.sparsity, self.pruning, self.distill)
+                for f in fields(part)}
 
     def changed(self) -> dict:
         """The keys whose values differ from the defaults."""

@@ -40,7 +40,10 @@ def validate_prunable(trainer) -> None:
 
 def prune_in_training(trainer) -> None:
     """Slim `trainer.model` and `trainer.ema` in place of the old ones; rebuild optimizer, scheduler and EMA."""
+    from . import distill_hooks
+
     old = unwrap_model(trainer.model)
+    distill_hooks.detach(old)  # cut the student with its stock criterion; the distiller is re-attached below
     pruner = _pruner(trainer, old)
     slim = pruner.slim().to(trainer.device)
     slim.train(old.training)
@@ -56,6 +59,10 @@ def prune_in_training(trainer) -> None:
         updates = trainer.ema.updates
         trainer.ema = ModelEMA(slim, updates=updates)  # the decay ramp goes on where it was
         trainer.ema.ema.load_state_dict(ema_slim.state_dict())
+    if getattr(trainer, "distiller", None) is not None:  # new widths: new adapters, in the same optimizer group
+        trainer.distiller.rebuild_adapters(slim)
+        distill_hooks.add_adapter_group(trainer.optimizer, trainer.distiller)
+        distill_hooks.install(trainer)
     trainer.pruning_report = pruner.report
     if RANK in {-1, 0}:
         LOGGER.info(f"yoloprune: pruned at the start of epoch {trainer.epoch + 1}\n{pruner.report.format()}")

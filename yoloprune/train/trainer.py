@@ -13,6 +13,8 @@ What it changes, and nothing else:
   `resume` and DDP workers get them back; validators and saved models see only Ultralytics' keys.
 - sparsity training adds the penalty's gradient once per optimizer step and logs sparsity columns in `results.csv`.
 - `pruning=True` slims the model and its EMA at the start of epoch `prune_at_epoch` (see `inprune.py`).
+- `distillation=True` adds a frozen teacher's distillation loss to the training model's criterion (see
+  `distill_hooks.py`); the EMA, validation and checkpoints never see the teacher or the adapters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ultralytics.models import yolo
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 
 from ..errors import UserError
+from . import distill_hooks as kd
 from .config import KEYS, CompressionConfig
 from .inprune import prune_in_training, validate_prunable
 from .regularize import build_regularizer, get_sparsity
@@ -92,6 +95,11 @@ class CompressionTrainer:
         self.regularizer = build_regularizer(self.compression.sparsity)
         self._batches_since_step = 0
         self._last_sparsity: dict | None = None
+        self.distiller = None
+        if self.compression.distill.distillation:
+            self._teacher = kd.check_teacher(self)  # one-line errors now, before any training
+            self.add_callback("on_train_start", kd.install)
+            self.add_callback("on_model_save", kd.save_adapters)
         self.add_callback("on_train_batch_start", _count_batch)
         self.add_callback("on_pretrain_routine_end", _announce)
         self.add_callback("on_train_epoch_start", _maybe_prune)
@@ -136,6 +144,13 @@ class CompressionTrainer:
             LOGGER.info(f"{PREFIX} training the slim model as it is: {params:,} params ({base:,} in its YAML)")
         return model
 
+    def build_optimizer(self, model, *args, **kwargs):
+        """Ultralytics' optimizer, plus a group for the distillation adapters (built here: the model is ready)."""
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        if self.compression.distill.distillation:
+            kd.build(self, _unwrap(model), optimizer)
+        return optimizer
+
     # --- validation sees only Ultralytics' keys ---------------------------------------------------------------------
     def get_validator(self):
         full = self.args
@@ -155,6 +170,8 @@ class CompressionTrainer:
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             self.regularizer.add_grad_(_unwrap(self.model), scale * images)
         self._batches_since_step = 0
+        if self.distiller is not None:
+            kd.sync_adapter_grads(self)
         super().optimizer_step()
 
     def save_metrics(self, metrics):
