@@ -270,7 +270,11 @@ def test_slim_class_mismatch_is_refused(shapes, tmp_path, capsys):
 
 
 def test_seed_compression_config_runs(shapes, tmp_path):
-    """The seed's compression_config.yaml, with data/model swapped for local ones (and short settings)."""
+    """The seed's compression_config.yaml as written, with data/model/teacher swapped for local ones (short run)."""
+    from yoloprune.checkpoint import LoadedModel, save_checkpoint
+
+    teacher = small_model("yolo26s.yaml")
+    save_checkpoint(teacher, tmp_path / "teacher.pt", LoadedModel(teacher, "teacher", True))
     cfg = tmp_path / "compression_config.yaml"
     cfg.write_text(f"""
 task: detect
@@ -293,6 +297,14 @@ pruning_ratio: 0.3
 pruning_method: channel
 importance_metric: bn
 prune_at_epoch: 1
+
+# Knowledge Distillation
+distillation: True
+teacher_model: {tmp_path / "teacher.pt"}
+temperature: 4.0
+distill_alpha: 0.7
+distill_features: False
+distill_type: response
 """)
     out = subprocess.run([sys.executable, "-m", "yoloprune.cli", "train", f"cfg={cfg}", f"project={tmp_path}",
                           "name=seed", "workers=0", "plots=False", "nbs=8"], capture_output=True, text=True,
@@ -300,3 +312,4 @@ prune_at_epoch: 1
     assert out.returncode == 0, out.stderr[-3000:]
     table = rows(tmp_path / "seed")
     assert table[1]["model/params"] < table[0]["model/params"]
+    assert all(r["train/kd_loss"] > 0 for r in table)

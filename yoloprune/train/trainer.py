@@ -99,7 +99,6 @@ class CompressionTrainer:
         if self.compression.distill.distillation:
             self._teacher = kd.check_teacher(self)  # one-line errors now, before any training
             self.add_callback("on_train_start", kd.install)
-            self.add_callback("on_model_save", kd.save_adapters)
         self.add_callback("on_train_batch_start", _count_batch)
         self.add_callback("on_pretrain_routine_end", _announce)
         self.add_callback("on_train_epoch_start", _maybe_prune)
@@ -173,6 +172,13 @@ class CompressionTrainer:
         if self.distiller is not None:
             kd.sync_adapter_grads(self)
         super().optimizer_step()
+
+    def save_model(self):
+        """Ultralytics' checkpoints, then the distillation adapters beside them (for resume; not in the checkpoint)."""
+        saved = super().save_model()
+        if self.distiller is not None:
+            kd.save_adapters(self)
+        return saved
 
     def save_metrics(self, metrics):
         if self.compression.sparsity.enabled or self.compression.pruning.pruning:
