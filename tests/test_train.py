@@ -246,6 +246,7 @@ def test_penalty_is_exact_under_amp_scaling_and_accumulation():
     (["cfg=/no/such/cfg.yaml"], "cfg file"),
     (["pruning=maybe"], "must be a bool"),
     (["model=/no/such.pt"], "not found"),
+    (["pruning=True", "prune_at_epoch=1", "compile=True"], "compile cannot be combined with pruning"),
 ])
 def test_bad_train_input_is_one_line(argv, message, shapes, tmp_path, capsys):
     from yoloprune.cli import main

@@ -45,9 +45,6 @@ def train(model=None, **kwargs):
     ours = CompressionConfig.pop_from({k: v for k, v in kwargs.items() if k in KEYS})
     if not resume:
         ours.validate(kwargs.get("epochs", DEFAULT_CFG_DICT["epochs"]))
-        if ours.pruning.pruning and kwargs.get("compile"):
-            raise UserError("compile cannot be combined with pruning (the compiled graph would keep the old shapes); "
-                            "drop compile=True")
     if isinstance(model, YOLO):
         yolo = model
     else:

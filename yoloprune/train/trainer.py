@@ -86,6 +86,9 @@ class CompressionTrainer:
 
             epochs = overrides.get("epochs", get_cfg(cfg).epochs)
             self.compression.validate(epochs)
+            if self.compression.pruning.pruning and overrides.get("compile"):
+                raise UserError("compile cannot be combined with pruning (the compiled graph would keep the old "
+                                "shapes); drop compile=True")
             _check_data(overrides)
         super().__init__(cfg, overrides, _callbacks)
         if self.resume:
