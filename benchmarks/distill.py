@@ -72,8 +72,8 @@ def finetune(name, slim, data, args, out, **keys):
     yolo.add_callback("on_train_epoch_start", begin)
     yolo.add_callback("on_train_epoch_end", end)
     m = yolo.train(trainer=trainer_for("detect"), data=str(data), epochs=args.epochs, imgsz=args.imgsz,
-                   batch=args.batch, nbs=args.batch, workers=0, plots=False, seed=0, deterministic=True,
-                   project=str(out), name=name, exist_ok=True, verbose=False, **keys)
+                   batch=args.batch, nbs=args.batch, workers=0, plots=False, seed=args.seed, deterministic=True,
+                   project=str(out), name=f"{name}-seed{args.seed}", exist_ok=True, verbose=False, **keys)
     return {"run": name, "map50": round(float(m.box.map50), 4), "map50_95": round(float(m.box.map), 4),
             "epoch_s": round(sum(times[1:] or times) / len(times[1:] or times), 2)}
 
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--imgsz", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--target-flops", type=float, default=0.5, help="slim to about this share of the base GFLOPs")
+    p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (the base and the slim cut stay the same)")
     p.add_argument("--runs", default="none,ultralytics,response,feature,yolo", help="comma-separated subset")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "base_map50_95": round(float(base_metrics.box.map), 4), "slim_ratio": ratio, "slim_gflops_share": best,
-            "epochs": args.epochs, "teacher_epoch_forward_s": round(t_teacher, 2), "runs": results}, indent=2))
+            "epochs": args.epochs, "seed": args.seed, "teacher_epoch_forward_s": round(t_teacher, 2), "runs": results}, indent=2))
     return 0
 
 

@@ -89,6 +89,17 @@ def test_criterion_mixes_task_and_distillation(setup):
         assert torch.allclose(total.detach(), expected.detach(), rtol=1e-5, atol=1e-6) and "kd_loss" in items
 
 
+def test_copies_of_the_student_never_carry_the_teacher():
+    import copy
+
+    teacher, student = model(), model()
+    kd = KnowledgeDistiller(teacher, student, distill_type="yolo")
+    student.criterion = DistillCriterion(student.init_criterion() if hasattr(student, "args") else None, kd)
+    twin = copy.deepcopy(student)  # what a new EMA or NaN recovery does
+    assert not isinstance(twin.criterion, DistillCriterion)
+    assert isinstance(student.criterion, DistillCriterion)
+
+
 def test_adapters_map_slim_widths_to_teacher_widths(setup):
     from yoloprune import Slimmer
 

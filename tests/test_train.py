@@ -1,6 +1,7 @@
 """Training as a user runs it: sparsity columns, pruning inside training, resume, slim models staying slim, DDP args."""
 
 import csv
+from types import SimpleNamespace
 import os
 import subprocess
 import sys
@@ -153,8 +154,20 @@ def test_layer_pruning_in_training(shapes, tmp_path):
     """Acceptance: pruning_method=layer removes blocks inside training and the model still validates."""
     from ultralytics import YOLO
 
-    train("yolo26n.yaml", data=str(shapes), epochs=2, project=str(tmp_path), name="lay", pruning=True,
-          pruning_method="layer", pruning_ratio=0.5, prune_at_epoch=1, **FAST)
+    class Killed(Exception):
+        pass
+
+    def kill(trainer):
+        if trainer.epoch == 1:
+            raise Killed
+
+    yolo = YOLO("yolo26n.yaml")
+    yolo.add_callback("on_model_save", kill)
+    with pytest.raises(Killed):  # killed right after the layers went: resume must rebuild the same optimizer
+        yolo.train(trainer=trainer_for("detect"), data=str(shapes), epochs=3, project=str(tmp_path), name="lay",
+                   pruning=True, pruning_method="layer", pruning_ratio=0.5, prune_at_epoch=1, **FAST)
+    train(resume=str(tmp_path / "lay/weights/last.pt"))
+    assert [int(r["epoch"]) for r in rows(tmp_path / "lay")] == [1, 2, 3]
     best = tmp_path / "lay/weights/best.pt"
     names = {n for n, _ in ckpt_model(best).named_modules()}
     base = {n for n, _ in small_model().named_modules()}
@@ -191,6 +204,9 @@ def test_ddp_workers_get_yoloprune_keys(shapes, tmp_path):
     for k, v in keys.items():
         assert child.compression.to_dict()[k] == v
     assert type(child.regularizer).__name__ == "StructuredL1Regularizer"
+    from yoloprune.train.trainer import _maybe_prune
+
+    assert child.callbacks["on_train_epoch_start"].count(_maybe_prune) == 1  # not added again in the worker
 
 
 def test_penalty_is_exact_under_amp_scaling_and_accumulation():
@@ -207,10 +223,11 @@ def test_penalty_is_exact_under_amp_scaling_and_accumulation():
     reg = StructuredL1Regularizer(lambda_l1=1e-4, lambda_bn=1e-3)
     expected = {}
     probe = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
-    for scale, batches, batch in ((1.0, 1, 8), (1024.0, 4, 2)):
+    for scale, batches, batch, task in ((1.0, 1, 8, "detect"), (1024.0, 4, 2, "detect"), (512.0, 3, 8, "classify")):
         t = object.__new__(TRAINERS["detect"])
         t.regularizer, t._batches_since_step, t.batch_size, t.ema = reg, batches, batch, None
         t.device = torch.device("cpu")
+        t.args, t.world_size, t.distiller = SimpleNamespace(task=task), 0, None
         t.model = net
         t.optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
         t.scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=scale != 1.0)
@@ -225,7 +242,8 @@ def test_penalty_is_exact_under_amp_scaling_and_accumulation():
             p.grad = None
         pn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         pn.load_state_dict({**net.state_dict(), **before})
-        (reg(pn) * batches * batch).backward()
+        per_step = batches * (batch if task != "classify" else 1)  # classification losses are batch means
+        (reg(pn) * per_step).backward()
         expected = {n: p.grad for n, p in pn.named_parameters() if p.grad is not None}
         for n, g in expected.items():
             print(scale, batches, n, (moved[n] - g).abs().max().item())
@@ -258,6 +276,16 @@ def test_bad_train_input_is_one_line(argv, message, shapes, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "train").exists()  # nothing started
+
+
+def test_unpruned_checkpoint_with_other_classes_trains_as_in_ultralytics(shapes, tmp_path):
+    """Only slim models are kept as they are; a stock checkpoint for 5 classes gets a new head for the data's 3."""
+    from yoloprune.checkpoint import LoadedModel, save_checkpoint
+
+    m = small_model(nc=5)
+    save_checkpoint(m, tmp_path / "five.pt", LoadedModel(m, "five", True))
+    train(str(tmp_path / "five.pt"), data=str(shapes), epochs=1, project=str(tmp_path), name="five", **FAST)
+    assert ckpt_model(tmp_path / "five/weights/best.pt").nc == 3
 
 
 def test_slim_class_mismatch_is_refused(shapes, tmp_path, capsys):

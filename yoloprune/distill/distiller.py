@@ -180,13 +180,21 @@ class DistillCriterion:
     def __init__(self, base, distiller: KnowledgeDistiller):
         self.base, self.distiller = base, distiller
 
+    def __deepcopy__(self, memo):
+        """A copy of the model (e.g. a new EMA) gets the stock criterion, never the teacher."""
+        import copy
+
+        return copy.deepcopy(self.base, memo)
+
     def __call__(self, preds, batch):
         loss, items = self.base(preds, batch)
         imgs = batch["img"]
         kd = self.distiller(imgs, preds)
         a = self.distiller.alpha
-        # Ultralytics' task loss is a sum over the batch's images; the distillation term is a per-image mean
-        total = torch.cat([(1 - a) * loss.reshape(-1), (a * kd * imgs.shape[0]).reshape(1).to(loss.dtype)])
+        # Ultralytics' detection-family losses are sums over the batch's images (classification: a batch mean);
+        # the distillation term is a per-image mean, brought to the same units
+        per = 1 if self.distiller.classify else imgs.shape[0]
+        total = torch.cat([(1 - a) * loss.reshape(-1), (a * kd * per).reshape(1).to(loss.dtype)])
         return total, {**items, "kd_loss": kd.detach().reshape(()).to(next(iter(items.values())).dtype)}
 
     def __getattr__(self, name):

@@ -53,21 +53,30 @@ def build(trainer, student, optimizer) -> None:
             trainer.distiller.adapters.load_state_dict(torch.load(saved, map_location=trainer.device))
         except RuntimeError:
             LOGGER.warning("yoloprune: saved distillation adapters do not fit the model; starting them afresh")
+    broadcast_adapters(trainer)
     add_adapter_group(optimizer, trainer.distiller)
 
 
-def add_adapter_group(optimizer, distiller) -> None:
+def add_adapter_group(optimizer, distiller, like: dict | None = None) -> None:
+    """Give the adapters an optimizer group: settings of `like` (their old group) or of the weight group."""
     params = list(distiller.adapters.parameters())
-    group = next((g for g in optimizer.param_groups if g.get("param_group") == GROUP), None)
-    if group is not None:
-        group["params"] = params
-        return
     if not params:
         return
-    like = next((g for g in optimizer.param_groups if g.get("param_group") in ("weight", "muon")),
-                optimizer.param_groups[0])
-    optimizer.add_param_group({**{k: v for k, v in like.items() if k != "params"}, "params": params,
-                               "param_group": GROUP})
+    like = like or next((g for g in optimizer.param_groups if g.get("param_group") in ("weight", "muon")),
+                        optimizer.param_groups[0])
+    group = {**{k: v for k, v in like.items() if k != "params"}, "params": params, "param_group": GROUP}
+    if "use_muon" in group:
+        group["use_muon"] = False  # 1x1 adapters train as plain weights
+    optimizer.add_param_group(group)
+
+
+def broadcast_adapters(trainer) -> None:
+    """Under DDP ranks are seeded differently: start every rank from rank 0's adapter weights."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        for p in trainer.distiller.adapters.parameters():
+            dist.broadcast(p.data, 0)
 
 
 def install(trainer) -> None:

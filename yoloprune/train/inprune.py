@@ -3,16 +3,18 @@
 At the start of epoch `prune_at_epoch` the training model is scored and cut (channels with `Slimmer`, shortcut rules
 on by default; or whole blocks with `LayerPruner`), its EMA copy gets exactly the same cut, and the optimizer is
 rebuilt over the new tensors with every group's hyper-parameters (lr, initial_lr, momentum, weight decay) carried
-over, so the LR schedule and warmup go on where they were. Optimizer moments of the old tensors are dropped.
+over, so the LR schedule and warmup go on where they were. The groups are built by Ultralytics' own
+`build_optimizer`, so a resumed run rebuilds the very same ones. Optimizer moments of the old tensors are dropped.
+Under DDP every rank scores the cut on rank 0's BatchNorm statistics, so all ranks cut alike.
 """
 
 from __future__ import annotations
 
-import inspect
-
 from torch import nn, optim
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+from . import distill_hooks
 
 
 def _pruner(trainer, model: nn.Module):
@@ -40,9 +42,8 @@ def validate_prunable(trainer) -> None:
 
 def prune_in_training(trainer) -> None:
     """Slim `trainer.model` and `trainer.ema` in place of the old ones; rebuild optimizer, scheduler and EMA."""
-    from . import distill_hooks
-
     old = unwrap_model(trainer.model)
+    _sync_buffers(trainer, old)
     distill_hooks.detach(old)  # cut the student with its stock criterion; the distiller is re-attached below
     pruner = _pruner(trainer, old)
     slim = pruner.slim().to(trainer.device)
@@ -51,7 +52,13 @@ def prune_in_training(trainer) -> None:
         p.requires_grad_(p.dtype.is_floating_point and not any(f in name for f in trainer.freeze_layer_names))
     ema_slim = pruner.cut_like(trainer.ema.ema).to(trainer.device) if trainer.ema else None
 
-    trainer.optimizer = rebuild_optimizer(trainer.optimizer, old, slim)
+    old_groups = trainer.optimizer.param_groups
+    trainer.optimizer = rebuild_optimizer(trainer, slim)
+    kd = getattr(trainer, "distiller", None)
+    if kd is not None:  # new widths: new adapters, in their own optimizer group (before the scheduler sees groups)
+        kd.rebuild_adapters(slim)
+        distill_hooks.broadcast_adapters(trainer)
+        distill_hooks.add_adapter_group(trainer.optimizer, kd, like=_group(old_groups))
     trainer.scheduler = optim.lr_scheduler.LambdaLR(trainer.optimizer, lr_lambda=trainer.lf)
     trainer.scheduler.last_epoch = trainer.epoch - 1  # the loop steps it to this epoch right after
     trainer.model = _wrap_like(trainer, slim)
@@ -59,28 +66,41 @@ def prune_in_training(trainer) -> None:
         updates = trainer.ema.updates
         trainer.ema = ModelEMA(slim, updates=updates)  # the decay ramp goes on where it was
         trainer.ema.ema.load_state_dict(ema_slim.state_dict())
-    if getattr(trainer, "distiller", None) is not None:  # new widths: new adapters, in the same optimizer group
-        trainer.distiller.rebuild_adapters(slim)
-        distill_hooks.add_adapter_group(trainer.optimizer, trainer.distiller)
-        distill_hooks.install(trainer)
+    if kd is not None:
+        distill_hooks.install(trainer)  # after the EMA copy: the EMA keeps the stock criterion
     trainer.pruning_report = pruner.report
     if RANK in {-1, 0}:
         LOGGER.info(f"yoloprune: pruned at the start of epoch {trainer.epoch + 1}\n{pruner.report.format()}")
 
 
-def rebuild_optimizer(old: optim.Optimizer, old_model: nn.Module, new_model: nn.Module) -> optim.Optimizer:
-    """A new optimizer of the same type over `new_model`'s tensors, with each group's settings copied from `old`."""
-    names = {id(p): n for n, p in old_model.named_parameters()}
-    params = dict(new_model.named_parameters())
-    groups = []
-    for g in old.param_groups:
-        members = [params[names[id(p)]] for p in g["params"] if names.get(id(p)) in params]
-        groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": members})
-    accepted = inspect.signature(type(old).__init__).parameters
-    kwargs = {k: v for k, v in old.defaults.items() if k in accepted and k != "params"}
-    if "fused" in kwargs and not all(p.is_cuda for p in params.values()):
-        kwargs["fused"] = None
-    return type(old)(groups, **kwargs)
+def rebuild_optimizer(trainer, model: nn.Module) -> optim.Optimizer:
+    """A new optimizer over `model` built exactly as Ultralytics builds one (so `resume` rebuilds the same groups),
+    with every group's live settings (lr, initial_lr, momentum, betas, weight decay) copied from the old one."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    old = trainer.optimizer
+    new = BaseTrainer.build_optimizer(trainer, model, name=type(old).__name__, lr=trainer.args.lr0,
+                                      momentum=trainer.args.momentum, decay=0.0)
+    mine = [g for g in old.param_groups if g.get("param_group") != distill_hooks.GROUP]
+    if len(mine) != len(new.param_groups):
+        raise RuntimeError(f"optimizer groups changed in pruning ({len(mine)} -> {len(new.param_groups)})")
+    for g_new, g_old in zip(new.param_groups, mine):
+        g_new.update({k: v for k, v in g_old.items() if k != "params"})
+    return new
+
+
+def _group(groups: list[dict]) -> dict | None:
+    """The distillation adapters' old group (its live lr and settings), if any."""
+    return next((g for g in groups if g.get("param_group") == distill_hooks.GROUP), None)
+
+
+def _sync_buffers(trainer, model: nn.Module) -> None:
+    """Under DDP, BatchNorm statistics are not synchronised: give every rank rank 0's before scoring the cut."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def _wrap_like(trainer, model: nn.Module) -> nn.Module:

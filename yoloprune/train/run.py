@@ -37,7 +37,7 @@ def train(model=None, **kwargs):
     else:
         kwargs.pop("model", None)
     if isinstance(resume, (str, Path)) and resume:
-        model, kwargs["resume"] = model or str(resume), True
+        model, kwargs["resume"] = str(resume), True  # the checkpoint to resume is the model
     if model is None:
         raise UserError("no model: pass model=path.pt or a model YAML such as model=yolo26n.yaml")
     if not resume and not kwargs.get("data"):

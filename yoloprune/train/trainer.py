@@ -22,6 +22,7 @@ from __future__ import annotations
 from copy import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from ultralytics.models import yolo
@@ -55,11 +56,12 @@ def _check_data(overrides: dict) -> None:
         return
     from ultralytics.utils import ROOT
 
-    shipped = (ROOT / "cfg" / "datasets" / p.name).is_file() and p.parent == Path(".")
     from ..offline import is_offline
 
-    if shipped and not is_offline():
-        return  # an Ultralytics dataset name: Ultralytics downloads it
+    shipped = (ROOT / "cfg" / "datasets" / p.name).is_file() and p.parent == Path(".")
+    remote = "://" in str(data) or (p.parent == Path(".") and not p.suffix)  # a URL or a dataset name
+    if (shipped or remote) and not is_offline():
+        return  # Ultralytics downloads it
     hint = " (Ultralytics would download it, but this run is offline)" if shipped else ""
     raise UserError(f"data '{data}' not found{hint}: pass the path of a dataset YAML (a folder for classify); "
                     "`yoloprune dataset DIR` writes a synthetic one")
@@ -99,14 +101,20 @@ class CompressionTrainer:
         self._batches_since_step = 0
         self._last_sparsity: dict | None = None
         self.distiller = None
+        self._pruned_epoch: int | None = None
         if self.compression.distill.distillation:
             self._teacher = kd.check_teacher(self)  # one-line errors now, before any training
-            self.add_callback("on_train_start", kd.install)
-        self.add_callback("on_train_batch_start", _count_batch)
-        self.add_callback("on_pretrain_routine_end", _announce)
-        self.add_callback("on_train_epoch_start", _maybe_prune)
+            self._add_once("on_train_start", kd.install)
+        self._add_once("on_train_batch_start", _count_batch)
+        self._add_once("on_pretrain_routine_end", _announce)
+        self._add_once("on_train_epoch_start", _maybe_prune)
         if changed := self.compression.changed():
             LOGGER.info(f"{PREFIX} " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+
+    def _add_once(self, event: str, callback) -> None:
+        """DDP workers are rebuilt with the parent's callbacks, ours included: never register one twice."""
+        if callback not in self.callbacks.get(event, []):
+            self.add_callback(event, callback)
 
     def _restore_compression(self, overrides: dict) -> None:
         """On resume, yoloprune's keys come back from the checkpoint's `train_args`, like Ultralytics' own."""
@@ -124,8 +132,8 @@ class CompressionTrainer:
         """Keep a model whose architecture differs from its YAML (slim); otherwise Ultralytics' usual build."""
         if not isinstance(weights, nn.Module):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        stock = super().get_model(cfg=cfg, weights=None, verbose=False)
-        if _same_architecture(stock, weights):
+        stock = _rebuild(weights)  # its own YAML with its own classes: only pruning makes it differ
+        if stock is None or _same_architecture(stock, weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         nc, data_nc = _model_classes(weights), self.data["nc"]
         if nc is not None and nc != data_nc:
@@ -168,13 +176,25 @@ class CompressionTrainer:
     def optimizer_step(self):
         """Add the sparsity penalty's gradient once per step, in the units the scaled, accumulated loss has."""
         if self.regularizer is not None:
-            images = self._batches_since_step * self.batch_size  # the loss is a sum over these images (all ranks)
+            if self.args.task == "classify":  # a batch mean per rank, summed over ranks
+                images = self._batches_since_step * max(self.world_size, 1)
+            else:  # a sum over the batch's images (all ranks)
+                images = self._batches_since_step * self.batch_size
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             self.regularizer.add_grad_(_unwrap(self.model), scale * images)
         self._batches_since_step = 0
         if self.distiller is not None:
             kd.sync_adapter_grads(self)
         super().optimizer_step()
+
+    def _handle_nan_recovery(self, epoch):
+        """Ultralytics reloads `last.pt` on a NaN; in the epoch that pruned, that file still holds the unpruned model."""
+        if self._pruned_epoch == epoch:
+            loss_nan = self.loss is not None and not self.loss.isfinite()
+            if loss_nan or (self.fitness is not None and not np.isfinite(self.fitness)):
+                LOGGER.warning(f"{PREFIX} NaN in the epoch that pruned: last.pt predates the cut, so no recovery")
+            return False
+        return super()._handle_nan_recovery(epoch)
 
     def save_model(self):
         """Ultralytics' checkpoints, then the distillation adapters beside them (for resume; not in the checkpoint)."""
@@ -215,6 +235,16 @@ class CompressionTrainer:
         return cols
 
 
+def _rebuild(weights: nn.Module) -> nn.Module | None:
+    """A fresh model from `weights`' own YAML (its classes, keypoints and channels), or None if that fails."""
+    from copy import deepcopy
+
+    try:
+        return type(weights)(deepcopy(weights.yaml), ch=weights.yaml.get("channels", 3), verbose=False)
+    except Exception:  # an unusual model class: fall back to Ultralytics' own handling
+        return None
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     from ultralytics.utils.torch_utils import unwrap_model
 
@@ -225,6 +255,10 @@ def _count_batch(trainer) -> None:
     trainer._batches_since_step += 1
 
 
+def _reset_count(trainer) -> None:
+    trainer._batches_since_step = 0  # an epoch (re)starts: gradients of an aborted pass were dropped
+
+
 def _announce(trainer) -> None:
     """Before the first epoch: check the model can be pruned and say what will happen."""
     cfg = trainer.compression.pruning
@@ -233,9 +267,11 @@ def _announce(trainer) -> None:
 
 
 def _maybe_prune(trainer) -> None:
+    _reset_count(trainer)
     cfg = trainer.compression.pruning
-    if cfg.pruning and trainer.epoch == cfg.prune_at_epoch:
-        prune_in_training(trainer)
+    if cfg.pruning and trainer.epoch == cfg.prune_at_epoch and trainer._pruned_epoch is None:
+        prune_in_training(trainer)  # once: an OOM retry or NaN recovery restarts the epoch
+        trainer._pruned_epoch = trainer.epoch
 
 
 def _make(task: str) -> type:
