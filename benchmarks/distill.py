@@ -73,7 +73,7 @@ def finetune(name, slim, data, args, out, **keys):
     yolo.add_callback("on_train_epoch_end", end)
     m = yolo.train(trainer=trainer_for("detect"), data=str(data), epochs=args.epochs, imgsz=args.imgsz,
                    batch=args.batch, nbs=args.batch, workers=0, plots=False, seed=args.seed, deterministic=True,
-                   project=str(out), name=f"{name}-seed{args.seed}", exist_ok=True, verbose=False, **keys)
+                   project=str(out), name=f"{name}-seed{args.seed}-a{args.alpha}-t{args.temperature}", exist_ok=True, verbose=False, **keys)
     return {"run": name, "map50": round(float(m.box.map50), 4), "map50_95": round(float(m.box.map), 4),
             "epoch_s": round(sum(times[1:] or times) / len(times[1:] or times), 2)}
 
@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--imgsz", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--target-flops", type=float, default=0.5, help="slim to about this share of the base GFLOPs")
+    p.add_argument("--alpha", type=float, default=0.7, help="distill_alpha of yoloprune's runs (default 0.7)")
+    p.add_argument("--temperature", type=float, default=4.0, help="temperature of yoloprune's runs (default 4.0)")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (the base and the slim cut stay the same)")
     p.add_argument("--runs", default="none,ultralytics,response,feature,yolo", help="comma-separated subset")
     p.add_argument("--json", help="write the results here")
@@ -122,12 +124,14 @@ def main(argv=None) -> int:
     print(f"base mAP50-95 {base_metrics.box.map:.4f}; slim ratio {ratio}: {best:.1%} of the base GFLOPs")
 
     out = cache / "finetune"
+    ours = {"distillation": True, "teacher_model": str(base), "distill_alpha": args.alpha,
+            "temperature": args.temperature}
     runs = {
         "none": {},
         "ultralytics": {"distill_model": str(base)},
-        "response": {"distillation": True, "teacher_model": str(base), "distill_type": "response"},
-        "feature": {"distillation": True, "teacher_model": str(base), "distill_type": "feature"},
-        "yolo": {"distillation": True, "teacher_model": str(base), "distill_type": "yolo"},
+        "response": {**ours, "distill_type": "response"},
+        "feature": {**ours, "distill_type": "feature"},
+        "yolo": {**ours, "distill_type": "yolo"},
     }
     wanted = [r.strip() for r in args.runs.split(",") if r.strip()]
     results = []
@@ -148,7 +152,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "base_map50_95": round(float(base_metrics.box.map), 4), "slim_ratio": ratio, "slim_gflops_share": best,
-            "epochs": args.epochs, "seed": args.seed, "teacher_epoch_forward_s": round(t_teacher, 2), "runs": results}, indent=2))
+            "epochs": args.epochs, "seed": args.seed, "alpha": args.alpha, "temperature": args.temperature, "teacher_epoch_forward_s": round(t_teacher, 2), "runs": results}, indent=2))
     return 0
 
 

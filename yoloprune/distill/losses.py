@@ -3,7 +3,7 @@
 - `response_loss`: head outputs of a Detect-family head (detect, segment, pose, obb), per end-to-end branch. Class
   scores are independent sigmoids, so "temperature" scales the logits of each binary decision: the student's
   sigmoid(s / T) is trained towards the teacher's sigmoid(t / T) with binary cross-entropy (times T^2, as in Hinton's
-  softmax KD). Boxes are decoded to left/top/right/bottom distances (the DFL expectation where reg_max > 1) and
+  softmax KD), i.e. their binary KL. Boxes are decoded to left/top/right/bottom distances (the DFL expectation where reg_max > 1) and
   compared with L1. Both terms are weighted per anchor by the teacher's confidence (its highest class score), so the
   thousands of background anchors do not drown the few that hold objects.
 - `classify_loss`: classic softmax KD, KL(teacher / T || student / T) * T^2.
@@ -46,7 +46,9 @@ def response_loss(student: dict, teacher: dict, temperature: float) -> torch.Ten
         weight = t_cls.sigmoid().amax(1)  # (B, A): the teacher's confidence that the anchor holds an object
         norm = weight.sum().clamp_min(1e-6)
         target = (t_cls / temperature).sigmoid()
-    cls = F.binary_cross_entropy_with_logits(s_cls / temperature, target, reduction="none").sum(1)
+    # binary KL = cross-entropy - the target's own entropy: 0 when the student matches (same gradient as the BCE)
+    entropy = F.binary_cross_entropy(target, target, reduction="none")
+    cls = (F.binary_cross_entropy_with_logits(s_cls / temperature, target, reduction="none") - entropy).sum(1)
     cls = (cls * weight).sum() / norm * temperature**2
     box = (ltrb(student["boxes"].float()) - ltrb(teacher["boxes"].float())).abs().mean(1)
     box = (box * weight).sum() / norm
