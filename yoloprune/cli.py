@@ -95,6 +95,15 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import export
+
+    result = export(args.model, format=args.format, imgsz=args.imgsz, opset=args.opset, simplify=not args.no_simplify,
+                    dynamic=args.dynamic, output=args.output)
+    print(result.format())
+    return 0
+
+
 TRAIN_HELP = """Train with Ultralytics' keys plus yoloprune's, as key=value pairs (a cfg=file.yaml may hold them all).
 
 Examples:
@@ -139,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--hist", help="write a PNG histogram of |BN gamma| here")
     a.add_argument("--json", help="also write the figures as JSON to this path")
     a.set_defaults(func=cmd_analyze)
+
+    e = sub.add_parser("export", help="export to ONNX and check ONNX Runtime against PyTorch on a real image")
+    e.add_argument("model", help="a .pt checkpoint (base or slim) or a model YAML")
+    e.add_argument("--format", default="onnx", help="onnx (default)")
+    e.add_argument("--imgsz", type=int, default=640, help="export image size (default 640)")
+    e.add_argument("--opset", type=int, help="ONNX opset (default: Ultralytics' choice)")
+    e.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
+    e.add_argument("--dynamic", action="store_true", help="dynamic batch and image size axes")
+    e.add_argument("--output", help="the .onnx to write (default <stem>.onnx next to the model)")
+    e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("dataset", help="write a deterministic synthetic dataset (shapes on textured backgrounds)")
     d.add_argument("dir", help="folder to write")
