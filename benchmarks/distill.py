@@ -112,13 +112,13 @@ def main(argv=None) -> int:
                                    project=str(cache), name="base", exist_ok=True, verbose=False)
     base_metrics = YOLO(str(base)).val(data=str(data), imgsz=args.imgsz, batch=args.batch, workers=0, plots=False,
                                        verbose=False)
-    ratio, slimmer = None, None
+    candidates = []
     for r in (0.25, 0.3, 0.35, 0.4, 0.45, 0.5):  # the ratio whose GFLOPs come closest to the target share
         s = Slimmer(str(base), ratio=r, imgsz=args.imgsz)
         plan = s.plan().to_dict()
-        share = plan["after"]["gflops"] / plan["before"]["gflops"]
-        if ratio is None or abs(share - args.target_flops) < abs(best - args.target_flops):
-            ratio, slimmer, best = r, s, share
+        candidates.append((abs(plan["after"]["gflops"] / plan["before"]["gflops"] - args.target_flops), r, s,
+                           plan["after"]["gflops"] / plan["before"]["gflops"]))
+    _, ratio, slimmer, best = min(candidates, key=lambda c: c[:2])
     slim = cache / f"slim-{ratio}.pt"
     slimmer.save(slim)
     print(f"base mAP50-95 {base_metrics.box.map:.4f}; slim ratio {ratio}: {best:.1%} of the base GFLOPs")

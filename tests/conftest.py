@@ -35,3 +35,47 @@ def bus_jpg():
     import ultralytics
 
     return Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+
+
+# Short, deterministic training settings for tiny models on the synthetic set.
+FAST = dict(imgsz=64, batch=8, nbs=8, workers=0, plots=False, amp=False, seed=0, deterministic=True, exist_ok=True)
+
+
+def small_model(yaml="yolo26n.yaml", nc=3, **kw):
+    """A YAML-built model of any task for `nc` classes (extra keywords go to its class, e.g. data_kpt_shape)."""
+    from ultralytics.nn.tasks import (ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel,
+                                      guess_model_task, yaml_model_load)
+
+    task = guess_model_task(yaml_model_load(yaml))
+    cls = {"detect": DetectionModel, "segment": SegmentationModel, "pose": PoseModel, "obb": OBBModel,
+           "classify": ClassificationModel}[task]
+    return cls(yaml, nc=nc, verbose=False, **kw)
+
+
+def save_model(model, path):
+    """Write `model` as an Ultralytics checkpoint at `path`."""
+    from yoloprune.checkpoint import LoadedModel, save_checkpoint
+
+    return save_checkpoint(model, path, LoadedModel(model, str(path), True))
+
+
+def results_rows(run) -> list[dict]:
+    """The rows of a run's results.csv, as floats."""
+    import csv
+
+    with open(run / "results.csv") as f:
+        return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+class Killed(Exception):
+    """Raised by `kill_after` to stop a run as a kill would."""
+
+
+def kill_after(epoch: int):
+    """An `on_model_save` callback that stops training right after epoch `epoch` (0-based) was saved."""
+
+    def kill(trainer):
+        if trainer.epoch == epoch:
+            raise Killed
+
+    return kill

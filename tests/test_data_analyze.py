@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from yoloprune.data import make_dataset
-from yoloprune.train import L1Regularizer, StructuredL1Regularizer, get_sparsity
+from yoloprune.train import L1Regularizer, StructuredL1Regularizer
 
 COLUMNS = {"detect": 5, "obb": 9, "pose": 5 + 4 * 3}
 
@@ -24,7 +24,7 @@ def digest(root):
 
 @pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb", "classify"])
 def test_dataset_is_deterministic_and_valid(task, tmp_path):
-    a = make_dataset(tmp_path / "a", task, train=6, val=3, imgsz=96, seed=7)
+    make_dataset(tmp_path / "a", task, train=6, val=3, imgsz=96, seed=7)
     make_dataset(tmp_path / "b", task, train=6, val=3, imgsz=96, seed=7)
     make_dataset(tmp_path / "c", task, train=6, val=3, imgsz=96, seed=8)
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")

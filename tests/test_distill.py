@@ -1,7 +1,6 @@
 """Knowledge distillation: the losses, the criterion mix, training with a teacher (slim student, pruning, resume),
 clean checkpoints, and bad inputs."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -9,25 +8,14 @@ import sys
 import pytest
 import torch
 
-from yoloprune.checkpoint import LoadedModel, save_checkpoint
 from yoloprune.data import make_dataset
 from yoloprune.distill import DistillCriterion, KnowledgeDistiller, YOLODistiller
 from yoloprune.distill.losses import cwd_loss, response_loss
 
-FAST = dict(imgsz=64, batch=8, nbs=8, workers=0, plots=False, amp=False, seed=0, deterministic=True, exist_ok=True)
-
-
-def model(yaml="yolo26n.yaml", nc=3):
-    from ultralytics.nn.tasks import ClassificationModel, DetectionModel
-
-    cls = ClassificationModel if "cls" in yaml else DetectionModel
-    m = cls(yaml, nc=nc, verbose=False)
-    m.names = {i: f"c{i}" for i in range(nc)}
-    return m
-
-
-def save(m, path):
-    return save_checkpoint(m, path, LoadedModel(m, "test", True))
+from conftest import FAST, Killed, kill_after
+from conftest import results_rows as read
+from conftest import save_model as save
+from conftest import small_model as model
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +103,6 @@ def test_adapters_map_slim_widths_to_teacher_widths(setup):
     assert not any("teacher" in k for k in kd.state_dict())  # the teacher is never part of the distiller's state
 
 
-def read(run):
-    with open(run / "results.csv") as f:
-        return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
 def test_distill_a_slim_student_while_pruning_then_resume(setup, tmp_path):
     """KD + pruning in one run, killed after epoch 1 and resumed; best.pt has no teacher/adapters, loads stock."""
     from ultralytics import YOLO
@@ -128,15 +111,8 @@ def test_distill_a_slim_student_while_pruning_then_resume(setup, tmp_path):
 
     root, data = setup
 
-    class Killed(Exception):
-        pass
-
-    def kill(trainer):
-        if trainer.epoch == 0:
-            raise Killed
-
     yolo = YOLO(str(root / "student.pt"))
-    yolo.add_callback("on_model_save", kill)
+    yolo.add_callback("on_model_save", kill_after(0))
     keys = dict(distillation=True, teacher_model=str(root / "teacher.pt"), distill_type="yolo", pruning=True,
                 pruning_ratio=0.2, prune_at_epoch=1)
     with pytest.raises(Killed):

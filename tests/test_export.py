@@ -7,7 +7,6 @@ import pytest
 
 from yoloprune import Slimmer
 from yoloprune.deploy.export import export, parity
-from yoloprune.errors import UserError
 
 pytest.importorskip("onnxruntime")
 

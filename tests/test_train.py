@@ -1,6 +1,5 @@
 """Training as a user runs it: sparsity columns, pruning inside training, resume, slim models staying slim, DDP args."""
 
-import csv
 from types import SimpleNamespace
 import os
 import subprocess
@@ -11,21 +10,16 @@ import pytest
 import torch
 
 from yoloprune.data import make_dataset
-from yoloprune.errors import UserError
 from yoloprune.report import layer_widths
 from yoloprune.train import train, trainer_for
 
-FAST = dict(imgsz=64, batch=8, nbs=8, workers=0, plots=False, amp=False, seed=0, deterministic=True, exist_ok=True)
+from conftest import FAST, Killed, kill_after, save_model, small_model
+from conftest import results_rows as rows
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("shapes"), "detect", train=24, val=8, imgsz=64)
-
-
-def rows(run: Path) -> list[dict]:
-    with open(run / "results.csv") as f:
-        return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def ckpt_model(path):
@@ -38,16 +32,6 @@ def params(path) -> int:
     from ultralytics.nn.tasks import load_checkpoint
 
     return sum(p.numel() for p in load_checkpoint(str(path))[0].parameters())
-
-
-def small_model(yaml="yolo26n.yaml", nc=3, **kw):
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
-    from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
-
-    task = guess_model_task(yaml_model_load(yaml))
-    cls = {"detect": DetectionModel, "segment": SegmentationModel, "pose": PoseModel, "obb": OBBModel,
-           "classify": ClassificationModel}[task]
-    return cls(yaml, nc=nc, verbose=False, **kw)
 
 
 def test_structured_l1_makes_bn_gamma_sparser(shapes, tmp_path):
@@ -77,15 +61,8 @@ def test_prune_in_training_then_kill_and_resume(shapes, tmp_path):
     """Acceptance: prune at epoch 1 of 3, kill after the prune, resume: the slim model is kept, best.pt loads stock."""
     from ultralytics import YOLO
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_second_epoch(trainer):
-        if trainer.epoch == 1:
-            raise Killed
-
     yolo = YOLO("yolo26n.yaml")
-    yolo.add_callback("on_model_save", kill_after_second_epoch)
+    yolo.add_callback("on_model_save", kill_after(1))
     with pytest.raises(Killed):
         yolo.train(trainer=trainer_for("detect"), data=str(shapes), epochs=3, project=str(tmp_path), name="p",
                    pruning=True, pruning_ratio=0.3, prune_at_epoch=1, **FAST)
@@ -154,15 +131,8 @@ def test_layer_pruning_in_training(shapes, tmp_path):
     """Acceptance: pruning_method=layer removes blocks inside training and the model still validates."""
     from ultralytics import YOLO
 
-    class Killed(Exception):
-        pass
-
-    def kill(trainer):
-        if trainer.epoch == 1:
-            raise Killed
-
     yolo = YOLO("yolo26n.yaml")
-    yolo.add_callback("on_model_save", kill)
+    yolo.add_callback("on_model_save", kill_after(1))
     with pytest.raises(Killed):  # killed right after the layers went: resume must rebuild the same optimizer
         yolo.train(trainer=trainer_for("detect"), data=str(shapes), epochs=3, project=str(tmp_path), name="lay",
                    pruning=True, pruning_method="layer", pruning_ratio=0.5, prune_at_epoch=1, **FAST)
@@ -212,7 +182,6 @@ def test_ddp_workers_get_yoloprune_keys(shapes, tmp_path):
 def test_penalty_is_exact_under_amp_scaling_and_accumulation():
     """One optimizer step adds exactly lambda * images * dR/dw, whatever the loss scale and accumulation."""
     from torch import nn
-    from ultralytics.utils.torch_utils import ModelEMA  # noqa: F401  (the trainer's module imports it)
 
     from yoloprune.train.regularize import StructuredL1Regularizer
     from yoloprune.train.trainer import TRAINERS
@@ -280,10 +249,7 @@ def test_bad_train_input_is_one_line(argv, message, shapes, tmp_path, capsys):
 
 def test_unpruned_checkpoint_with_other_classes_trains_as_in_ultralytics(shapes, tmp_path):
     """Only slim models are kept as they are; a stock checkpoint for 5 classes gets a new head for the data's 3."""
-    from yoloprune.checkpoint import LoadedModel, save_checkpoint
-
-    m = small_model(nc=5)
-    save_checkpoint(m, tmp_path / "five.pt", LoadedModel(m, "five", True))
+    save_model(small_model(nc=5), tmp_path / "five.pt")
     train(str(tmp_path / "five.pt"), data=str(shapes), epochs=1, project=str(tmp_path), name="five", **FAST)
     assert ckpt_model(tmp_path / "five/weights/best.pt").nc == 3
 
@@ -300,10 +266,7 @@ def test_slim_class_mismatch_is_refused(shapes, tmp_path, capsys):
 
 def test_seed_compression_config_runs(shapes, tmp_path):
     """The seed's compression_config.yaml as written, with data/model/teacher swapped for local ones (short run)."""
-    from yoloprune.checkpoint import LoadedModel, save_checkpoint
-
-    teacher = small_model("yolo26s.yaml")
-    save_checkpoint(teacher, tmp_path / "teacher.pt", LoadedModel(teacher, "teacher", True))
+    save_model(small_model("yolo26s.yaml"), tmp_path / "teacher.pt")
     cfg = tmp_path / "compression_config.yaml"
     cfg.write_text(f"""
 task: detect

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .checkpoint import atomic_write, load_model
 from .errors import UserError
-from .train.regularize import NORMS, get_sparsity
+from .train.regularize import gamma_values, get_sparsity
 
 
 def analyze(model, threshold: float = 1e-3, rules="yolo26") -> dict:
@@ -87,10 +85,9 @@ def gamma_histogram(model, path, threshold: float = 1e-3, bins: int = 60) -> Pat
     import matplotlib.pyplot as plt
 
     m = load_model(model).model
-    gammas = [x.weight.detach().float().abs().flatten() for x in m.modules() if isinstance(x, NORMS) and x.weight is not None]
-    if not gammas:
+    g = gamma_values(m).numpy()
+    if not g.size:
         raise UserError("the model has no BatchNorm layers (fused?): no gamma histogram to draw")
-    g = torch.cat(gammas).numpy()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.hist(g, bins=bins, color="#3b6ea8", log=True)
     ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold:g}")

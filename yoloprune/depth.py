@@ -98,7 +98,7 @@ def _is_block(m: nn.Module) -> bool:
 
 def _trace(model: nn.Module, units: list[tuple[str, nn.Module]]) -> tuple[dict, dict]:
     """Run a zero image and record (in, out) widths of each unit and the last Conv it ran."""
-    from .graph.trace import input_channels, max_stride
+    from .graph.trace import probe
 
     widths, last, stack, hooks = {}, {}, [], []
 
@@ -118,15 +118,9 @@ def _trace(model: nn.Module, units: list[tuple[str, nn.Module]]) -> tuple[dict, 
     for name, u in units:
         hooks += [u.register_forward_pre_hook(enter(name)), u.register_forward_hook(leave(name))]
     hooks += [c.register_forward_hook(ran) for c in model.modules() if isinstance(c, Conv)]
-    was = model.training
     try:
-        model.eval()
-        s = 2 * max_stride(model)
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, input_channels(model), s, s, device=p.device, dtype=p.dtype))
+        probe(model)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return widths, last
@@ -269,7 +263,8 @@ class LayerPruner:
         model = copy.deepcopy(self.loaded.model).float().cpu()
         imp = "l2" if self.importance == "lamp" else self.importance
         units = find_units(model, imp)
-        sizes = {c: len(_modules(model)[c]) for c, _, _ in _containers(model)}
+        mods = _modules(model)
+        sizes = {c: len(mods[c]) for c, _, _ in _containers(model)}
         removed, wanted = choose(units, self.ratio, sizes)
         before = model_stats(model, self.imgsz)
         remove_units(model, [u.name for u in removed])

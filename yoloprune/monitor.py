@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from .train.regularize import gamma_values
+
 
 def bn_channel_sparsity(model: nn.Module, threshold: float = 1e-3) -> float:
     """Share of BatchNorm channels whose |gamma| is below `threshold` (0.0 for a model without BatchNorm)."""
-    total = small = 0
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d) and m.weight is not None:
-            total += m.weight.numel()
-            small += int((m.weight.detach().abs() < threshold).sum())
-    return small / total if total else 0.0
+    g = gamma_values(model)
+    return (g < threshold).float().mean().item() if g.numel() else 0.0

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..graph.trace import probe
 from .losses import branches, classify_loss, cwd_loss, response_loss
 
 TYPES = ("response", "feature", "yolo")
@@ -35,20 +36,6 @@ def load_teacher(teacher, task: str | None = None, nc: int | None = None) -> nn.
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def _probe(model: nn.Module, imgsz: int) -> object:
-    """Raw eval-mode outputs on a zero image, the model's train/eval mode left as it was."""
-    from ..graph.trace import input_channels
-
-    was = model.training
-    p = next(model.parameters())
-    try:
-        model.eval()
-        with torch.no_grad():
-            return model(torch.zeros(1, input_channels(model), imgsz, imgsz, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was)
 
 
 class KnowledgeDistiller(nn.Module):
@@ -104,7 +91,7 @@ class KnowledgeDistiller(nn.Module):
 
     def _check(self, student: nn.Module, imgsz: int) -> None:
         """Compare the two models' outputs on a probe image; build the feature adapters."""
-        s_out, t_out = _probe(student, imgsz), _probe(self.teacher, imgsz)
+        s_out, t_out = probe(student, imgsz), probe(self.teacher, imgsz)
         if self.classify:
             return
         sb, tb = branches(s_out), branches(t_out)
@@ -123,8 +110,8 @@ class KnowledgeDistiller(nn.Module):
         if not self.use_feature:
             return
         if s_feats is None:
-            s_feats = next(iter(branches(_probe(student, imgsz)).values()))["feats"]
-            t_feats = next(iter(branches(_probe(self.teacher, imgsz)).values()))["feats"]
+            s_feats = next(iter(branches(probe(student, imgsz)).values()))["feats"]
+            t_feats = next(iter(branches(probe(self.teacher, imgsz)).values()))["feats"]
         if len(s_feats) != len(t_feats) or any(a.shape[2:] != b.shape[2:] for a, b in zip(s_feats, t_feats)):
             raise UserError("teacher and student neck features differ in number or stride: feature distillation "
                             "needs the same feature levels (e.g. P3-P5 for both)")

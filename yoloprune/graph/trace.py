@@ -75,6 +75,20 @@ def build_graph(model: nn.Module, imgsz: int, row_score, replay: dict | None = N
     return graph
 
 
+def probe(model: nn.Module, imgsz: int | None = None):
+    """Eval-mode outputs of `model` on one zero image (`imgsz` defaults to twice the largest stride), no gradient;
+    the model's train/eval mode is left as it was. Shapes, not values, are what callers read."""
+    imgsz = imgsz or 2 * max_stride(model)
+    p = next(model.parameters())
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(torch.zeros(1, input_channels(model), imgsz, imgsz, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was)
+
+
 def input_channels(model: nn.Module) -> int:
     """Channels of the model's input image (those of its first convolution)."""
     for m in model.modules():

@@ -28,6 +28,12 @@ def _bn_gammas(model: nn.Module, trainable: bool = False):
             yield m.weight
 
 
+def gamma_values(model: nn.Module) -> torch.Tensor:
+    """|gamma| of every BatchNorm channel of `model`, in one flat tensor (empty without BatchNorm)."""
+    gammas = [m.weight.detach().float().abs().flatten() for m in model.modules() if isinstance(m, NORMS) and m.weight is not None]
+    return torch.cat(gammas) if gammas else torch.zeros(0)
+
+
 def get_sparsity(model: nn.Module, threshold: float = 1e-3) -> dict:
     """Weight, channel and BatchNorm-gamma sparsity of `model` (every conv and BatchNorm, frozen ones included).
 
@@ -51,8 +57,7 @@ def get_sparsity(model: nn.Module, threshold: float = 1e-3) -> dict:
                             "channel_sparsity": dead_ch / per_channel.shape[0]}
             zeros, total = zeros + int(small.sum()), total + w.numel()
             dead, channels = dead + dead_ch, channels + per_channel.shape[0]
-    gammas = [m.weight.detach().float().abs().flatten() for m in model.modules() if isinstance(m, NORMS) and m.weight is not None]
-    g = torch.cat(gammas) if gammas else torch.zeros(0)
+    g = gamma_values(model)
     stats = {"count": g.numel()}
     if g.numel():
         stats.update(mean=g.mean().item(), median=g.median().item(), min=g.min().item(), max=g.max().item(),

@@ -48,9 +48,8 @@ def train(model=None, **kwargs):
     if isinstance(model, YOLO):
         yolo = model
     else:
-        loaded = load_model(model)  # one-line errors for missing, corrupt or non-YOLO files
+        load_model(model)  # one-line errors for missing, corrupt or non-YOLO files (YOLO() would raise tracebacks)
         yolo = YOLO(str(model))
-        del loaded
     try:
         return yolo.train(trainer=trainer_for(yolo.task), **kwargs)
     except RuntimeError as e:
