@@ -129,3 +129,14 @@ def test_checkpoint_keeps_names_task_and_args(tmp_path):
     assert ckpt["train_args"]["data"] == "mine.yaml" and ckpt["yoloprune"]["ratio"] == 0.3
     slim = YOLO(tmp_path / "base-slim.pt")
     assert slim.task == "segment" and slim.names == names and slim.model.model[-1].nc == 80
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    from yoloprune.checkpoint import atomic_write
+
+    out = atomic_write(tmp_path / "x.json", lambda tmp: open(tmp, "w").write("{}"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~umask)

@@ -158,6 +158,9 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the result gets ordinary permissions
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"cannot write '{path}' ({e.strerror}); pass a writable path with free space") from None
