@@ -99,8 +99,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import export
 
     result = export(args.model, format=args.format, imgsz=args.imgsz, opset=args.opset, simplify=not args.no_simplify,
-                    dynamic=args.dynamic, output=args.output)
+                    dynamic=args.dynamic, output=args.output, end2end=args.end2end, batch=args.batch)
     print(result.format())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .checkpoint import atomic_write, check_writable
+    from .deploy.bench import bench
+
+    if args.json:
+        check_writable(Path(args.json))
+    result = bench(args.models, runtime=args.runtime, device=args.device, imgsz=args.imgsz, batch=args.batch,
+                   threads=args.threads, warmup=args.warmup, runs=args.runs)
+    print(result.format())
+    if args.json:
+        text = json.dumps(result.to_dict(), indent=2)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        print(f"saved {args.json}")
     return 0
 
 
@@ -157,7 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
     e.add_argument("--dynamic", action="store_true", help="dynamic batch and image size axes")
     e.add_argument("--output", help="the .onnx to write (default <stem>.onnx next to the model)")
+    e.add_argument("--batch", type=int, default=1, help="batch size of the graph (default 1)")
+    e.add_argument("--end2end", action="store_true",
+                   help="NMS-free one-to-one head output (YOLO26); default: the raw head output, for NMS")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="measure latency of models side by side (interleaved, warmed up)")
+    b.add_argument("models", nargs="+", help=".pt checkpoints, model YAMLs or .onnx files; the first is the reference")
+    b.add_argument("--runtime", default="onnxruntime", help="onnxruntime (default) or torch")
+    b.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    b.add_argument("--imgsz", type=int, default=640, help="input size (default 640)")
+    b.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    b.add_argument("--threads", type=int, help="intra-op threads (default: every core)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default 10)")
+    b.add_argument("--runs", type=int, default=50, help="timed rounds, each running every model once (default 50)")
+    b.add_argument("--json", help="also write the results as JSON to this path")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("dataset", help="write a deterministic synthetic dataset (shapes on textured backgrounds)")
     d.add_argument("dir", help="folder to write")

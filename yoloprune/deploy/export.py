@@ -7,6 +7,8 @@ leaves a file behind.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,10 +28,25 @@ class ExportResult:
     max_abs: float
     max_rel: float
     outputs: list[tuple[int, ...]]
+    compared: int | None = None  # NMS-free output: detections surely in the top-k of both runtimes, compared
 
     def format(self) -> str:
+        what = f" over {self.compared} detections" if self.compared is not None else ""
         return (f"exported {self.path} (outputs {', '.join(str(s) for s in self.outputs)}); ONNX Runtime vs PyTorch "
-                f"on bus.jpg: max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}")
+                f"on bus.jpg{what}: max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}")
+
+
+@contextlib.contextmanager
+def quiet_ultralytics():
+    """Ultralytics' logger shows warnings and errors only, for the duration."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 def sample_image(imgsz: int, channels: int = 3) -> np.ndarray:
@@ -54,11 +71,13 @@ def _flat(out) -> list[np.ndarray]:
     return []
 
 
-def _torch_outputs(pt: Path, im: np.ndarray) -> list[np.ndarray]:
+def _torch_outputs(pt: Path, im: np.ndarray, end2end: bool = False) -> list[np.ndarray]:
     """What the exported graph computes, in PyTorch: the fused model in eval mode with its head in export mode."""
     from ultralytics.nn.tasks import load_checkpoint
 
     model = load_checkpoint(str(pt))[0].float().eval()
+    if hasattr(model, "end2end"):
+        model.end2end = end2end  # as the exporter sets it from nms=False / None
     model = model.fuse() if hasattr(model, "fuse") else model
     for m in model.modules():
         if hasattr(m, "export"):
@@ -69,19 +88,45 @@ def _torch_outputs(pt: Path, im: np.ndarray) -> list[np.ndarray]:
         return _flat(model(torch.from_numpy(im)))
 
 
-def parity(onnx_path: Path, pt: Path, imgsz: int) -> tuple[float, float, list[tuple[int, ...]]]:
-    """Max abs and relative difference between ONNX Runtime and PyTorch outputs on `bus.jpg`."""
+def parity(onnx_path: Path, pt: Path, imgsz: int, end2end: bool = False):
+    """Max abs and relative difference between ONNX Runtime and PyTorch outputs on `bus.jpg` (repeated to the
+    graph's batch size), the output shapes, and for an NMS-free output the number of detections compared."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     im = sample_image(imgsz, channels=inp.shape[1] if isinstance(inp.shape[1], int) else 3)
+    im = np.repeat(im, inp.shape[0] if isinstance(inp.shape[0], int) else 1, axis=0)
     got = sess.run(None, {inp.name: im})
-    ref = _torch_outputs(pt, im)
+    ref = _torch_outputs(pt, im, end2end)
     if len(got) != len(ref) or any(a.shape != b.shape for a, b in zip(got, ref)):
         raise UserError(f"ONNX outputs {[a.shape for a in got]} do not match PyTorch's {[b.shape for b in ref]}")
+    shapes, compared = [tuple(a.shape) for a in got], None
+    if end2end:
+        got, ref = zip(*(_match_detections(a, b) for a, b in zip(got, ref)))
+        compared = len(got[0])
     abs_diff = max(float(np.abs(a - b).max()) if a.size else 0.0 for a, b in zip(got, ref))
-    return abs_diff, max(_rel(a, b) for a, b in zip(got, ref)), [tuple(a.shape) for a in got]
+    return abs_diff, max(_rel(a, b) for a, b in zip(got, ref)), shapes, compared
+
+
+def _match_detections(a: np.ndarray, b: np.ndarray, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Pair the rows of two NMS-free outputs (`(batch, k, 6 + extra)`: box, score, class, ...) for comparison.
+
+    Top-k keeps detections in score order, and detections whose scores tie to within rounding may come out in
+    either order (or, at the k-th place, either may be kept). Rows that are surely in both outputs (score above the
+    lowest kept score by more than `tol`) are paired with the row of the other output that has the same class and a
+    score within `tol` and differs least; a row with no such partner is compared with its own position, so it fails.
+    """
+    pa, pb = [], []
+    for x, y in zip(a, b):
+        x = x[x[:, 4] > max(x[:, 4].min(), y[:, 4].min()) + tol]
+        d = np.abs(x[:, None, :] - y[None, :, :]).max(-1)
+        same = (np.abs(x[:, None, 4] - y[None, :, 4]) <= tol) & (x[:, None, 5] == y[None, :, 5])
+        j = np.where(same, d, np.inf).argmin(1) if len(x) else np.zeros(0, dtype=int)
+        j = np.where(same[np.arange(len(x)), j], j, np.arange(len(x)))
+        pa.append(x)
+        pb.append(y[j])
+    return np.concatenate(pa), np.concatenate(pb)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,7 +142,8 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = None, simplify: bool = True,
-           dynamic: bool = False, output=None, tolerance: float = 1e-4) -> ExportResult:
+           dynamic: bool = False, output=None, tolerance: float = 1e-4, end2end: bool = False, batch: int = 1,
+           verbose: bool = True) -> ExportResult:
     """Export a YOLO checkpoint (base or slim) and check it against PyTorch.
 
     The relative difference is taken per output channel (see `_rel`).
@@ -106,7 +152,10 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
         model: a `.pt` checkpoint or a model YAML.
         format: `onnx`.
         imgsz: square export size.
-        opset, simplify, dynamic: passed to Ultralytics' exporter.
+        opset, simplify, dynamic, batch: passed to Ultralytics' exporter.
+        end2end: export the NMS-free one-to-one head output (`(batch, 300, 6)` boxes for detection) of models that
+            have one (YOLO26); default: the raw head output that needs NMS (`(batch, 4 + classes, anchors)`).
+        verbose: print the exporter's progress.
         output: where the file goes (default: `<stem>.onnx` beside a `.pt`, in the current folder for a YAML).
         tolerance: largest relative difference accepted; a larger one is an error and nothing is written.
 
@@ -121,7 +170,11 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
         raise UserError(f"format '{format}' is not supported{close_match(format, FORMATS)}; use onnx")
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
         raise UserError(f"imgsz {imgsz!r} must be a whole number >= 32 (e.g. 640)")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UserError(f"batch {batch!r} must be a whole number >= 1")
     loaded = load_model(model)
+    if end2end and getattr(loaded.model.model[-1], "one2one_cv2", None) is None:
+        raise UserError(f"'{loaded.source}' has no NMS-free (one-to-one) head: export it without --end2end")
     src = Path(str(model))
     out = Path(output) if output else (src.with_suffix(".onnx") if src.suffix == ".pt" else Path.cwd() / f"{src.stem}.onnx")
     if out.suffix != ".onnx":
@@ -134,13 +187,14 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
         from ultralytics import YOLO
 
         kw = {"opset": opset} if opset else {}
-        made = Path(YOLO(str(pt)).export(format="onnx", imgsz=imgsz, simplify=simplify, dynamic=dynamic,
-                                         verbose=False, **kw))
-        max_abs, max_rel, shapes = parity(made, pt, imgsz)
+        with contextlib.nullcontext() if verbose else quiet_ultralytics():
+            made = Path(YOLO(str(pt)).export(format="onnx", imgsz=imgsz, simplify=simplify, dynamic=dynamic,
+                                             batch=batch, nms=False if end2end else None, verbose=False, **kw))
+            max_abs, max_rel, shapes, compared = parity(made, pt, imgsz, end2end)
         if not max_rel <= tolerance:
             raise UserError(f"ONNX parity failed: max relative difference {max_rel:.3g} > {tolerance:g} "
                             f"(max abs {max_abs:.3g}); nothing written")
         made.replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, max_abs, max_rel, shapes)
+    return ExportResult(out, max_abs, max_rel, shapes, compared)
