@@ -17,6 +17,10 @@ def _default_output(model: str) -> Path:
     return p.with_name(f"{p.stem}-slim.pt")
 
 
+def _ratio(args: argparse.Namespace) -> float:
+    return 0.3 if args.ratio is None else args.ratio
+
+
 def cmd_slim(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_write, check_writable
     from .errors import UserError
@@ -31,16 +35,30 @@ def cmd_slim(args: argparse.Namespace) -> int:
         check_writable(out)
     if args.json:
         check_writable(Path(args.json))
-    if args.method == "layer":
+    targeted = args.target_speedup is not None or args.target_flops is not None
+    if targeted and (args.method != "channel" or args.ratio is not None):
+        raise UserError("--target-speedup/--target-flops choose the widths themselves: drop --ratio and --method layer")
+    if targeted:
+        from .target import TargetSlimmer
+
+        search = TargetSlimmer(args.model, speedup=args.target_speedup, flops=args.target_flops,
+                               importance=args.importance, rules=args.rules, round_to=args.round_to or 16,
+                               imgsz=args.imgsz, runtime=args.runtime, device=args.device, threads=args.threads,
+                               max_ratio=args.max_ratio)
+        slimmer = search.search()
+        print(search.result.format())
+    elif args.method == "layer":
         from .depth import LayerPruner
 
-        slimmer = LayerPruner(args.model, ratio=args.ratio, importance=args.importance, imgsz=args.imgsz)
+        slimmer = LayerPruner(args.model, ratio=_ratio(args), importance=args.importance, imgsz=args.imgsz)
     elif args.method == "channel":
-        slimmer = Slimmer(args.model, ratio=args.ratio, importance=args.importance, rules=args.rules,
-                          round_to=args.round_to, imgsz=args.imgsz)
+        slimmer = Slimmer(args.model, ratio=_ratio(args), importance=args.importance, rules=args.rules,
+                          round_to=args.round_to or 8, imgsz=args.imgsz)
     else:
         raise UserError(f"method '{args.method}' is unknown; use channel or layer")
-    if args.dry_run:
+    if targeted:
+        report = slimmer.report
+    elif args.dry_run:
         report = slimmer.plan()
     else:
         slimmer.slim()
@@ -137,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("slim", help="physically slim a model into a smaller Ultralytics checkpoint")
     s.add_argument("model", help="a .pt checkpoint or an Ultralytics model YAML (name or path), e.g. yolo26n.yaml")
-    s.add_argument("--ratio", type=float, default=0.3, help="share of channels to remove, in (0, 1) (default 0.3)")
+    s.add_argument("--ratio", type=float, help="share of channels to remove, in (0, 1) (default 0.3)")
     s.add_argument("--importance", default="l1", help="channel scorer: l1, l2, bn, lamp or random (default l1)")
     s.add_argument("--rules", default="yolo26", help="shortcut rules: yolo26, none or a rules YAML path (default yolo26)")
-    s.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this (default 8)")
+    s.add_argument("--round-to", type=int,
+                   help="kept widths are multiples of this (default 8; 16 with a target: the CPU kernels' block)")
     s.add_argument("--imgsz", type=int, default=640, help="image size for the GFLOPs report (default 640)")
     s.add_argument("--output", help="checkpoint to write (default <stem>-slim.pt next to the input)")
     s.add_argument("--json", help="also write the report as JSON to this path")
@@ -148,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="plan and report only; write nothing")
     s.add_argument("--method", default="channel", choices=("channel", "layer"),
                    help="channel: narrower layers; layer: remove whole repeated blocks (default channel)")
+    s.add_argument("--target-speedup", type=float, metavar="S",
+                   help="instead of --ratio: search widths until the measured speed-up on --runtime/--device is S")
+    s.add_argument("--target-flops", type=float, metavar="F",
+                   help="instead of --ratio: keep this share of the base GFLOPs (e.g. 0.5), widths spread by the rules")
+    s.add_argument("--runtime", default="onnxruntime", help="where --target-speedup measures: onnxruntime or torch")
+    s.add_argument("--device", default="cpu", help="cpu (default) or cuda, for --target-speedup")
+    s.add_argument("--threads", type=int, help="intra-op threads for --target-speedup (default: every core)")
+    s.add_argument("--max-ratio", type=float, default=0.75,
+                   help="with a target: most of a group's channels that may go, times its rule multiplier (default 0.75)")
     s.set_defaults(func=cmd_slim)
 
     from .train.config import describe_keys

@@ -76,6 +76,7 @@ class SlimReport:
     layers: dict[str, tuple[int, int]]
     groups: list[GroupRow] = field(default_factory=list)
     seconds: float = 0.0
+    target: dict = field(default_factory=dict)  # what a target search asked and reached (`yoloprune.target`)
 
     @classmethod
     def build(cls, slimmer, groups, plan, before, after, seconds: float) -> "SlimReport":
@@ -113,8 +114,11 @@ class SlimReport:
     def format(self, layers: bool = False) -> str:
         """A readable report; `layers=True` adds every layer's width."""
         b, a = self.before, self.after
+        t = self.target
+        how = (f"target {t['target']:.2f}x speed-up (measured {t['reached']:.2f}x)" if t.get("kind") == "speedup" else
+               f"target {t['target']:.0%} of GFLOPs" if t else f"ratio={self.ratio}")
         lines = [
-            f"yoloprune slim: {self.source}  ratio={self.ratio} importance={self.importance} rules={self.rules} "
+            f"yoloprune slim: {self.source}  {how} importance={self.importance} rules={self.rules} "
             f"round_to={self.round_to}",
             f"  params   {b['params']:>12,} -> {a['params']:>12,}  ({_pct(a['params'], b['params'])})",
             f"  GFLOPs   {b['gflops']:>12.2f} -> {a['gflops']:>12.2f}  ({_pct(a['gflops'], b['gflops'])}) at imgsz {self.imgsz}",

@@ -68,6 +68,7 @@ class Slimmer:
         if bad := unsupported_layers(self.loaded.model):
             raise UserError(f"'{self.loaded.source}' uses {', '.join(bad)} layers, which yoloprune cannot prune yet; "
                             "supported: YOLO26/YOLO11/YOLOv8 models")
+        self.widths: dict[str, int] | None = None  # planned width by group root name, overriding the ratio's plan
         self.model: nn.Module | None = None  # the slim model once `slim()` ran
         self.report: SlimReport | None = None
         self._cuts: dict[str, list[int]] = {}  # root layer name -> removed channels, of the last cut
@@ -145,6 +146,17 @@ class Slimmer:
         return model, report
 
     def _allocate(self, model: nn.Module) -> tuple[list[CoupledGroup], dict[int, Allocation], object]:
+        groups, graph, ties, frozen = self.structure(model)
+        plan = allocate(groups, self.ratio, self.rules, self.round_to, ties, frozen)
+        if self.widths is not None:  # a budget search chose the widths (see `yoloprune.budget`)
+            for g in groups:
+                keep = self.widths.get(g.root_name, g.width)
+                plan[g.index] = Allocation(keep=keep, ratio=1 - keep / g.width)
+        return groups, plan, graph
+
+    def structure(self, model: nn.Module) -> tuple[list[CoupledGroup], object, list[list[int]], set[int]]:
+        """Groups of a split-free `model` (kinds set from the rules), its graph, and the width ties and frozen groups
+        that folding back into stock blocks imposes."""
         graph = build_graph(model, 2 * max_stride(model), row_scorer(self.importance))
         groups = coupled_groups(graph, fixed_layers(model))
         for g in groups:
@@ -162,5 +174,4 @@ class Slimmer:
                     frozen.update(tie)
                 elif len(tie) > 1:
                     ties.append(tie)
-        plan = allocate(groups, self.ratio, self.rules, self.round_to, ties, frozen)
-        return groups, plan, graph
+        return groups, graph, ties, frozen

@@ -1,0 +1,223 @@
+"""Budget allocation: per-group widths that meet a cost budget (measured latency or MACs) at the least loss.
+
+Rule (documented in the README): every group starts at full width; each step removes one multiple of `round_to`
+channels from the group (or set of tied groups) that saves the most cost per multiply-accumulate removed (the
+model's capacity), the MACs weighted by the group's shortcut rule (`weight = 1 / multiplier`: a residual group at
+0.5 counts its MACs double). With MACs as the cost itself, a step is priced by the share of the group's width it
+removes instead (the log of old / new width, weighted alike), which spreads the cut as the rules say.
+A group never loses more than `max_ratio x multiplier` of its channels. Steps stop when the predicted cost reaches
+the budget; if no step is left, the budget is out of reach and the cheapest model found is returned.
+
+Costs are predicted per layer by a `CostModel` (`yoloprune.deploy.latency`): each convolution's cost is a function
+of its input and output widths, and the other operations of a layer scale with the layer's output activations.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .graph.groups import CoupledGroup
+from .shortcut_rules import ShortcutRules
+
+_SPLIT = re.compile(r"\.cv1[ab](?=\.|$)")
+_LAYER = re.compile(r"^(model\.\d+)")
+
+
+def stock_name(name: str) -> str:
+    """Module name in the stock (folded) model of a module of the split-free form (`cv1a`/`cv1b` -> `cv1`)."""
+    return _SPLIT.sub(".cv1", name)
+
+
+def layer_of(name: str) -> str:
+    """Top-level layer of a module name (`model.6`), or '' for none."""
+    m = _LAYER.match(name)
+    return m.group(1) if m else ""
+
+
+@dataclass
+class ConvSite:
+    """One convolution (or linear layer) of the stock model: base shape and how group cuts change it."""
+
+    name: str
+    cin: int
+    cout: int
+    k: int  # kernel area
+    hw: int  # output pixels at the planning size
+    depthwise: bool
+    groups: int = 1
+    cin_per_cut: dict[int, float] = field(default_factory=dict)  # group index -> input channels lost per channel cut
+    cout_per_cut: dict[int, float] = field(default_factory=dict)  # group index -> output channels lost per channel cut
+
+    def widths(self, drop: dict[int, int]) -> tuple[float, float]:
+        cin = self.cin - sum(drop.get(g, 0) * r for g, r in self.cin_per_cut.items())
+        cout = self.cout - sum(drop.get(g, 0) * r for g, r in self.cout_per_cut.items())
+        return max(cin, 1.0), max(cout, 1.0)
+
+    def macs(self, cin: float, cout: float) -> float:
+        return (cout if self.depthwise else cin * cout / self.groups) * self.k * self.hw
+
+
+def conv_sites(model: nn.Module, groups: list[CoupledGroup], graph, imgsz: int) -> dict[str, ConvSite]:
+    """Stock convolutions of a split-free model traced into `graph`, with the channels each group's cut removes."""
+    hw = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o[0, 0].numel() if o.dim() == 4 else 1))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    from .graph.trace import probe
+
+    try:
+        probe(model, imgsz)
+    finally:
+        for h in hooks:
+            h.remove()
+    sites: dict[str, ConvSite] = {}
+    names = {}
+    for name, m in model.named_modules():
+        if m not in hw:
+            continue
+        names[m] = name
+        key = stock_name(name)
+        conv = isinstance(m, nn.Conv2d)
+        cin, cout = (m.in_channels, m.out_channels) if conv else (m.in_features, m.out_features)
+        k = math.prod(m.kernel_size) if conv else 1
+        g = m.groups if conv else 1
+        if key in sites:  # second half of a split convolution: same input, more outputs
+            sites[key].cout += cout
+        else:
+            sites[key] = ConvSite(key, cin, cout, k, hw[m], depthwise=conv and g == cin and g > 1, groups=g)
+    for grp in groups:
+        for item in grp.tp_group:
+            m = item.dep.target.module
+            if m not in names:
+                continue
+            site = sites[stock_name(names[m])]
+            share = len(item.idxs) / grp.width
+            side = site.cout_per_cut if graph.is_out_channel_pruning_fn(item.dep.handler) else site.cin_per_cut
+            side[grp.index] = side.get(grp.index, 0.0) + share
+    for s in sites.values():
+        if s.depthwise:  # a depthwise convolution loses inputs with its outputs
+            s.cin_per_cut = dict(s.cout_per_cut)
+    return sites
+
+
+class CostModel:
+    """Predicted cost of a model from its convolution widths: `sum(conv costs) + sum(layer rest) + global rest`.
+
+    Each convolution costs `a * (cin * cout) + b * (cin + cout) + c` in units of its base values (for a depthwise
+    one, `cin * cout` is replaced by `cout`); the rest of a layer (activations, concatenations, attention products,
+    layout changes) costs `d * f + e`, `f` being the layer's output activations relative to the base.
+    """
+
+    def __init__(self, sites: dict[str, ConvSite], conv: dict[str, tuple[float, float, float]],
+                 rest: dict[str, tuple[float, float]], unit: str):
+        self.sites, self.conv, self.rest, self.unit = sites, conv, rest, unit
+        self.layer_act = {}
+        for s in sites.values():
+            self.layer_act[layer_of(s.name)] = self.layer_act.get(layer_of(s.name), 0.0) + s.cout * s.hw
+
+    @classmethod
+    def macs(cls, sites: dict[str, ConvSite]) -> "CostModel":
+        """Multiply-accumulates of every convolution and linear layer (no rest)."""
+        conv = {}
+        for s in sites.values():
+            conv[s.name] = (s.macs(s.cin, s.cout), 0.0, 0.0)
+        return cls(sites, conv, {}, "MACs")
+
+    def conv_cost(self, site: ConvSite, cin: float, cout: float) -> float:
+        a, b, c = self.conv.get(site.name, (0.0, 0.0, 0.0))
+        x1 = cout / site.cout if site.depthwise else (cin * cout) / (site.cin * site.cout)
+        return a * x1 + b * (cin + cout) / (site.cin + site.cout) + c
+
+    def predict(self, drop: dict[int, int]) -> float:
+        total, act = 0.0, {}
+        for s in self.sites.values():
+            cin, cout = s.widths(drop)
+            total += self.conv_cost(s, cin, cout)
+            act[layer_of(s.name)] = act.get(layer_of(s.name), 0.0) + cout * s.hw
+        all_act = sum(act.values()) / max(sum(self.layer_act.values()), 1.0)
+        for layer, (d, e) in self.rest.items():
+            f = act.get(layer, 0.0) / self.layer_act[layer] if layer in self.layer_act else all_act
+            total += d * f + e
+        return total
+
+
+def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, rules: ShortcutRules, round_to: int,
+                    ties: list[list[int]], frozen: set[int], max_ratio: float = 0.75, loss: str = "macs"
+                    ) -> tuple[dict[int, int], float]:
+    """Greedy widths for `cost.predict(...) <= budget` (see the module docstring). Returns (keep per group, cost).
+
+    `loss` prices a step: `macs` (the MACs it removes, for a latency budget) or `share` (the log of the share of
+    the group's width it removes, for a MAC budget, where MACs would price every step alike).
+    """
+    by_index = {g.index: g for g in groups}
+    tied = {i for t in ties for i in t}
+    units = [t for t in ties if not set(t) & frozen] + [[g.index] for g in groups if g.index not in tied | frozen]
+    drop = {g.index: 0 for g in groups}
+    steps, floor, weight = {}, {}, {}
+    for u in units:
+        gs = [by_index[i] for i in u]
+        step = math.lcm(round_to, *(g.multiple for g in gs))
+        width = min(g.width for g in gs)
+        mult = min(rules.ratio(g.kind, 1.0) for g in gs)
+        lowest = math.ceil(width * (1 - min(max_ratio * mult, 1.0)) / step) * step
+        steps[u[0]], floor[u[0]] = step, max(step, lowest)
+        weight[u[0]] = max(1.0 / max(rules.ratio(g.kind, 1.0), 1e-3) for g in gs)
+    touches = _touches(cost, units)
+    macs = CostModel.macs(cost.sites)
+    total_macs = macs.predict({})
+    current = cost.predict(drop)
+    while current > budget:
+        best, best_score = None, 0.0
+        for u in units:
+            width = min(by_index[i].width for i in u) - drop[u[0]]
+            step = steps[u[0]]
+            if width - step < floor[u[0]] or mult_zero(rules, by_index, u):
+                continue
+            gain = _delta(cost, touches[u[0]], drop, u, step)
+            if loss == "share":
+                price = weight[u[0]] * math.log(width / (width - step))
+            else:
+                price = weight[u[0]] * (_delta(macs, touches[u[0]], drop, u, step) / total_macs + 1e-6)
+            if gain > 0 and gain / price > best_score:
+                best, best_score = u, gain / price
+        if best is None:
+            break
+        for i in best:
+            drop[i] += steps[best[0]]
+        current = cost.predict(drop)
+    return {g.index: g.width - drop[g.index] for g in groups}, current
+
+
+def mult_zero(rules: ShortcutRules, by_index: dict, unit: list[int]) -> bool:
+    """A rule multiplier of 0 protects the group entirely."""
+    return any(rules.ratio(by_index[i].kind, 1.0) <= 0 for i in unit)
+
+
+def _touches(cost: CostModel, units: list[list[int]]) -> dict[int, list[ConvSite]]:
+    out = {}
+    for u in units:
+        out[u[0]] = [s for s in cost.sites.values() if any(i in s.cin_per_cut or i in s.cout_per_cut for i in u)]
+    return out
+
+
+def _delta(cost: CostModel, sites: list[ConvSite], drop: dict[int, int], unit: list[int], step: int) -> float:
+    """Cost saved by cutting `step` more channels from every group of `unit` (only the layers it touches)."""
+    after = dict(drop)
+    for i in unit:
+        after[i] += step
+    saved = 0.0
+    layers = {}
+    for s in sites:
+        (ci0, co0), (ci1, co1) = s.widths(drop), s.widths(after)
+        saved += cost.conv_cost(s, ci0, co0) - cost.conv_cost(s, ci1, co1)
+        layer = layer_of(s.name)
+        layers[layer] = layers.get(layer, 0.0) + (co0 - co1) * s.hw
+    for layer, act in layers.items():
+        if layer in cost.rest and layer in cost.layer_act:
+            saved += cost.rest[layer][0] * act / cost.layer_act[layer]
+    if "" in cost.rest:
+        saved += cost.rest[""][0] * sum(layers.values()) / max(sum(cost.layer_act.values()), 1.0)
+    return saved

@@ -1,0 +1,229 @@
+"""Slimming to a target: a measured speed-up on the deploy runtime, or a share of the base GFLOPs.
+
+`--target-speedup S`: a per-layer latency table is measured on the runtime (`yoloprune.deploy.latency`), widths are
+allocated greedily to a predicted latency budget (`yoloprune.budget`), the candidate is exported and timed against
+the base, interleaved, and the budget is corrected by the measured error until the measured speed-up is within
+`tolerance` of S. `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
+GFLOPs counter.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .budget import CostModel, allocate_budget, conv_sites
+from .errors import UserError
+from .graph.rewrite import rewrite_blocks
+from .slimmer import Slimmer
+
+
+@dataclass
+class TargetStep:
+    """One candidate of the search."""
+
+    budget: float  # predicted cost asked of the allocator
+    predicted: float  # predicted cost of the widths it chose
+    reached: float  # measured speed-up, or kept share of base GFLOPs
+    gflops: float
+
+
+@dataclass
+class TargetResult:
+    kind: str  # "speedup" or "flops"
+    target: float
+    reached: float
+    steps: list[TargetStep] = field(default_factory=list)
+    runtime: str = ""
+    device: str = ""
+    threads: int = 0
+    base_ms: float | None = None
+    slim_ms: float | None = None
+
+    def format(self) -> str:
+        if self.kind == "speedup":
+            return (f"target speed-up {self.target:.2f}x on {self.runtime} {self.device} ({self.threads} threads): "
+                    f"measured {self.reached:.2f}x ({self.base_ms:.2f} -> {self.slim_ms:.2f} ms) after "
+                    f"{len(self.steps)} candidate(s)")
+        return (f"target GFLOPs {self.target:.0%} of base: reached {self.reached:.1%} after {len(self.steps)} "
+                f"candidate(s)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_target(speedup, flops) -> None:
+    if (speedup is None) == (flops is None):
+        raise UserError("pass one target: a speed-up (e.g. 2.0) or a share of base GFLOPs to keep (e.g. 0.5)")
+    if speedup is not None and (isinstance(speedup, bool) or not isinstance(speedup, (int, float))
+                                or not math.isfinite(speedup) or speedup <= 1):
+        raise UserError(f"target speed-up {speedup!r} must be a number above 1 (e.g. 2.0 for twice as fast)")
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, (int, float)) or not 0 < flops < 1):
+        raise UserError(f"target GFLOPs {flops!r} is the share of base GFLOPs to keep: a number in (0, 1), e.g. 0.5")
+
+
+class TargetSlimmer:
+    """Slim a model to a measured speed-up or a GFLOPs share; `search()` returns the `Slimmer` holding the result.
+
+    Args:
+        model: as for `Slimmer`.
+        speedup: measured speed-up to reach (> 1), or
+        flops: share of base GFLOPs to keep, in (0, 1).
+        importance, rules: as for `Slimmer` (rules weigh how much each group may lose).
+        round_to: kept widths are multiples of this (16: the channel block of ONNX Runtime's AVX-512 kernels and
+            a multiple of GPU tensor-core tiles).
+        imgsz: deploy image size: latency and GFLOPs are measured there.
+        runtime, device, threads: where the speed-up is measured (`onnxruntime` / `torch`, `cpu` / `cuda`).
+        max_ratio: no group loses more than `max_ratio x its rule multiplier` of its channels.
+        tolerance: accepted relative distance from the target.
+        max_steps: candidates tried at most.
+        runs: interleaved timing rounds per candidate.
+
+    Example:
+        >>> t = TargetSlimmer("yolo26n.pt", speedup=2.0, imgsz=640, threads=2)
+        >>> slimmer = t.search()
+        >>> print(t.result.format()); slimmer.save("yolo26n-2x.pt")
+    """
+
+    def __init__(self, model, speedup: float | None = None, flops: float | None = None, importance: str = "l1",
+                 rules="yolo26", round_to: int = 16, imgsz: int = 640, runtime: str = "onnxruntime",
+                 device: str = "cpu", threads: int | None = None, max_ratio: float = 0.75, tolerance: float = 0.03,
+                 max_steps: int = 6, runs: int = 50, progress: bool = True):
+        from .deploy.bench import _check
+        from .deploy.runtime import default_threads
+
+        check_target(speedup, flops)
+        _check(runtime, device, imgsz, 1, threads, 0, runs)
+        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
+            raise UserError(f"max_ratio {max_ratio!r} must be in (0, 1): the most of a group's channels one cut removes")
+        self.slimmer = Slimmer(model, ratio=0.5, importance=importance, rules=rules, round_to=round_to, imgsz=imgsz)
+        self.speedup, self.flops = speedup, flops
+        self.runtime, self.device, self.threads = runtime, device, threads or default_threads()
+        self.max_ratio, self.tolerance, self.max_steps, self.runs = max_ratio, tolerance, max_steps, runs
+        self.progress = progress
+        self.result: TargetResult | None = None
+        self.cost: CostModel | None = None
+
+    def _log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, flush=True)
+
+    def search(self) -> Slimmer:
+        s = self.slimmer
+        model = copy.deepcopy(s.loaded.model).float().cpu().eval()
+        rewrite_blocks(model)
+        groups, graph, ties, frozen = s.structure(model)
+        sites = conv_sites(model, groups, graph, s.imgsz)
+        work = Path(tempfile.mkdtemp(prefix="yoloprune-target-"))
+        try:
+            if self.flops is not None:
+                return self._search_flops(groups, sites, ties, frozen)
+            return self._search_speed(groups, sites, ties, frozen, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _allocate(self, groups, cost, budget, ties, frozen) -> tuple[float, bool]:
+        s = self.slimmer
+        keep, predicted = allocate_budget(groups, cost, budget, s.rules, s.round_to, ties, frozen, self.max_ratio,
+                                          loss="share" if cost.unit == "MACs" else "macs")
+        s.widths = {g.root_name: keep[g.index] for g in groups}
+        s.slim()
+        return predicted, predicted <= budget * (1 + 1e-9)
+
+    def _search_flops(self, groups, sites, ties, frozen) -> Slimmer:
+        s = self.slimmer
+        cost = self.cost = CostModel.macs(sites)
+        budget = cost.predict({}) * self.flops
+        result = self.result = TargetResult("flops", self.flops, 1.0)
+        for _ in range(self.max_steps):
+            predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
+            kept = s.report.after["gflops"] / s.report.before["gflops"]
+            result.steps.append(TargetStep(budget, predicted, kept, s.report.after["gflops"]))
+            result.reached = kept
+            self._log(f"  candidate {len(result.steps)}: {kept:.1%} of base GFLOPs")
+            if abs(kept / self.flops - 1) <= self.tolerance:
+                break
+            if not fits and kept > self.flops:
+                raise UserError(f"target GFLOPs {self.flops:.0%} is out of reach: with at most {self.max_ratio:.0%} of "
+                                f"each group cut, the model keeps {kept:.1%}; ask for more or raise max_ratio")
+            budget *= self.flops / kept
+        self._finish()
+        return s
+
+    def _search_speed(self, groups, sites, ties, frozen, work: Path) -> Slimmer:
+        from .deploy.latency import CALIBRATION_RATIOS, fit_cost_model
+        from .deploy.runtime import interleaved
+
+        s = self.slimmer
+        self._log(f"measuring a per-layer latency table on {self.runtime} {self.device} ({self.threads} threads, "
+                  f"imgsz {s.imgsz}): base + {len(CALIBRATION_RATIOS)} uniform slims")
+        samples = [self._profile(s.loaded.model, work, "base")]  # profiling: 30 runs per model
+        for r in CALIBRATION_RATIOS:
+            uni = Slimmer(s.loaded.model, ratio=r, importance=s.importance, rules="none", round_to=s.round_to,
+                          imgsz=s.imgsz).slim()
+            samples.append(self._profile(uni, work, f"uniform{r}"))
+        cost = self.cost = fit_cost_model(sites, samples)
+        base_runner = self._runner(s.loaded.model, work, "base-timed")
+        predicted_base = cost.predict({})
+        budget = predicted_base / self.speedup
+        result = self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
+                                            threads=self.threads)
+        best = None
+        for i in range(self.max_steps):
+            predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
+            runner = self._runner(s.model, work, f"candidate{i}")
+            t_base, t_slim = (np.array(t) for t in interleaved([base_runner, runner], 5, self.runs))
+            reached = float(np.median(t_base / t_slim))  # per-round ratios: robust to the machine's slow spells
+            t_base, t_slim = float(np.median(t_base)), float(np.median(t_slim))
+            result.steps.append(TargetStep(budget, predicted, reached, s.report.after["gflops"]))
+            self._log(f"  candidate {i + 1}: predicted {predicted_base / predicted:.2f}x, measured {reached:.2f}x "
+                      f"({t_base * 1e3:.2f} -> {t_slim * 1e3:.2f} ms), {s.report.after['gflops']:.2f} GFLOPs")
+            if best is None or abs(reached / self.speedup - 1) < abs(best[0] / self.speedup - 1):
+                best = (reached, float(t_base), float(t_slim), dict(s.widths), s.model, s.report)
+            if abs(reached / self.speedup - 1) <= self.tolerance:
+                break
+            if not fits and reached < self.speedup:
+                raise UserError(f"target speed-up {self.speedup:.2f}x is out of reach: with at most "
+                                f"{self.max_ratio:.0%} of each group cut, the fastest model measured {reached:.2f}x; "
+                                f"ask for at most {reached:.2f}x or raise max_ratio")
+            budget *= reached / self.speedup  # too slow: ask for less predicted time; too fast: allow more
+        result.reached, result.base_ms, result.slim_ms = best[0], best[1] * 1e3, best[2] * 1e3
+        s.widths, s.model, s.report = best[3], best[4], best[5]
+        self._finish()
+        return s
+
+    def _finish(self) -> None:
+        self.slimmer.report.target = self.result.to_dict()
+
+    def _onnx(self, model, work: Path, name: str) -> Path:
+        from .checkpoint import LoadedModel, save_checkpoint
+        from .deploy.export import export
+
+        pt = save_checkpoint(model, work / f"{name}.pt", LoadedModel(model, name, False, self.slimmer.loaded.ckpt))
+        return export(str(pt), imgsz=self.slimmer.imgsz, output=work / f"{name}.onnx", verbose=False).path
+
+    def _runner(self, model, work: Path, name: str):
+        from .deploy.export import quiet_ultralytics
+        from .deploy.runtime import OrtRunner, TorchRunner
+
+        if self.runtime == "onnxruntime":
+            return OrtRunner(self._onnx(model, work, name), self.slimmer.imgsz, 1, self.device, self.threads)
+        with quiet_ultralytics():
+            return TorchRunner(copy.deepcopy(model), self.slimmer.imgsz, 1, self.device, self.threads)
+
+    def _profile(self, model, work: Path, name: str):
+        from .deploy.export import quiet_ultralytics
+        from .deploy.latency import attribute, profile_onnx, profile_torch, stock_widths
+
+        widths = stock_widths(model)
+        if self.runtime == "onnxruntime":
+            times = profile_onnx(self._onnx(model, work, name), self.device, self.threads, 30, self.slimmer.imgsz)
+            return widths, attribute(times, set(widths))
+        with quiet_ultralytics():
+            return widths, profile_torch(copy.deepcopy(model), self.slimmer.imgsz, self.device, self.threads, 30)
