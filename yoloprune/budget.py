@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from torch import nn
+from ultralytics.nn.modules.block import Attention
 
 from .graph.groups import CoupledGroup
 from .shortcut_rules import ShortcutRules
@@ -88,15 +89,26 @@ def conv_sites(model: nn.Module, groups: list[CoupledGroup], graph, imgsz: int) 
             sites[key].cout += cout
         else:
             sites[key] = ConvSite(key, cin, cout, k, hw[m], depthwise=conv and g == cin and g > 1, groups=g)
+    shares = {m: ({}, {}) for m in names}  # per module: group -> (input, output) channels lost per channel cut
     for grp in groups:
         for item in grp.tp_group:
             m = item.dep.target.module
-            if m not in names:
-                continue
-            site = sites[stock_name(names[m])]
             share = len(item.idxs) / grp.width
-            side = site.cout_per_cut if graph.is_out_channel_pruning_fn(item.dep.handler) else site.cin_per_cut
-            side[grp.index] = side.get(grp.index, 0.0) + share
+            if isinstance(m, Attention):  # cut inside by its own pruner: every projection shrinks with the width
+                dim = m.qkv.conv.in_channels
+                for conv in m.modules():
+                    if conv in shares:
+                        shares[conv][0][grp.index] = conv.in_channels / dim * share
+                        shares[conv][1][grp.index] = conv.out_channels / dim * share
+            elif m in shares:
+                side = shares[m][1] if graph.is_out_channel_pruning_fn(item.dep.handler) else shares[m][0]
+                side[grp.index] = side.get(grp.index, 0.0) + share
+    for m, (cin, cout) in shares.items():
+        site = sites[stock_name(names[m])]
+        for g, v in cin.items():  # halves of a split convolution read the same input: count it once
+            site.cin_per_cut[g] = max(site.cin_per_cut.get(g, 0.0), v)
+        for g, v in cout.items():
+            site.cout_per_cut[g] = site.cout_per_cut.get(g, 0.0) + v
     for s in sites.values():
         if s.depthwise:  # a depthwise convolution loses inputs with its outputs
             s.cin_per_cut = dict(s.cout_per_cut)

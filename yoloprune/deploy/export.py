@@ -103,7 +103,8 @@ def parity(onnx_path: Path, pt: Path, imgsz: int, end2end: bool = False):
         raise UserError(f"ONNX outputs {[a.shape for a in got]} do not match PyTorch's {[b.shape for b in ref]}")
     shapes, compared = [tuple(a.shape) for a in got], None
     if end2end:
-        got, ref = zip(*(_match_detections(a, b) for a, b in zip(got, ref)))
+        first = _match_detections(got[0], ref[0])  # the detections; later outputs (mask prototypes) keep their order
+        got, ref = [first[0], *got[1:]], [first[1], *ref[1:]]
         compared = len(got[0])
     abs_diff = max(float(np.abs(a - b).max()) if a.size else 0.0 for a, b in zip(got, ref))
     return abs_diff, max(_rel(a, b) for a, b in zip(got, ref)), shapes, compared

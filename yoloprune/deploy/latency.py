@@ -96,11 +96,24 @@ def profile_torch(model: nn.Module, imgsz: int, device: str, threads: int | None
     spans, start = defaultdict(list), {}
     timed = {n: m for n, m in runner.model.named_modules()
              if isinstance(m, (nn.Conv2d, nn.Linear)) or re.fullmatch(r"model\.\d+", n)}
+    def before(n):
+        def hook(*_):
+            sync()
+            start[n] = time.perf_counter()
+
+        return hook
+
+    def after(n):
+        def hook(*_):
+            sync()
+            spans[n].append(time.perf_counter() - start[n])
+
+        return hook
+
     hooks = []
     for n, m in timed.items():
         target = _act_parent(runner.model, n) or m
-        hooks.append(target.register_forward_pre_hook(lambda *a, n=n: (sync(), start.__setitem__(n, time.perf_counter()))))
-        hooks.append(target.register_forward_hook(lambda *a, n=n: (sync(), spans[n].append(time.perf_counter() - start[n]))))
+        hooks += [target.register_forward_pre_hook(before(n)), target.register_forward_hook(after(n))]
     try:
         for _ in range(3 + runs):
             runner()

@@ -1,0 +1,206 @@
+"""`yoloprune bench`, deploy cost counting, NMS-free export parity and slimming to a target (speed-up or GFLOPs)."""
+
+import copy
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from yoloprune import Slimmer
+from yoloprune.budget import CostModel, allocate_budget, conv_sites
+from yoloprune.checkpoint import LoadedModel, load_model, save_checkpoint
+from yoloprune.deploy.bench import bench
+from yoloprune.deploy.export import export
+from yoloprune.deploy.latency import module_of
+from yoloprune.deploy.runtime import onnx_cost
+from yoloprune.graph.rewrite import rewrite_blocks
+from yoloprune.target import TargetSlimmer
+
+pytest.importorskip("onnxruntime")
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "yoloprune.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def conv_macs(model: nn.Module, imgsz: int) -> int:
+    """Multiply-accumulates of every convolution and linear layer, counted by hooks on a forward pass."""
+    total = [0]
+
+    def hook(m, i, o):
+        if isinstance(m, nn.Conv2d):
+            total[0] += o[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total[0] += o[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    from yoloprune.graph.trace import probe
+
+    probe(model, imgsz)
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+def test_bench_side_by_side(tmp_path):
+    slim = Slimmer("yolo26n.yaml", ratio=0.5, round_to=16, imgsz=96).save(tmp_path / "slim.pt")
+    r = bench(["yolo26n.yaml", str(slim)], imgsz=96, threads=1, warmup=1, runs=3, progress=False)
+    print(r.format())
+    base, small = r.rows
+    assert base.speedup == 1.0 and small.median_ms > 0 and small.p10_ms <= small.median_ms <= small.p90_ms
+    assert small.params < base.params and small.gflops < base.gflops
+    t = bench(["yolo26n.yaml", str(slim)], runtime="torch", imgsz=96, threads=1, warmup=1, runs=2, progress=False)
+    assert t.rows[1].gflops < t.rows[0].gflops and t.rows[1].params < t.rows[0].params
+    out = cli("bench", "yolo26n.yaml", slim, "--imgsz", 96, "--runs", 2, "--warmup", 1, "--json", tmp_path / "b.json",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert "speed-up" in out.stdout and [row["model"] for row in json.loads((tmp_path / "b.json").read_text())["rows"]] \
+        == ["yolo26n.yaml", "slim.pt"]
+
+
+@pytest.mark.parametrize("yaml", ["yolo26n.yaml", "yolo26n-cls.yaml"])
+def test_onnx_cost_counts_the_deployed_graph(yaml, tmp_path):
+    """MACs read from the ONNX graph equal those of the fused PyTorch model's convolutions and linear layers (the
+    graph also has attention matrix products, a small share)."""
+    loaded = load_model(yaml)
+    path = export(yaml, imgsz=128, output=tmp_path / "m.onnx", verbose=False).path
+    cost = onnx_cost(path)
+    model = loaded.model.float().eval().fuse()
+    ref = conv_macs(model, 128)
+    print(yaml, "ONNX MACs", cost["macs"], "PyTorch conv/linear MACs", ref)
+    assert ref <= cost["macs"] <= 1.05 * ref
+    assert abs(cost["params"] - sum(p.numel() for p in model.parameters())) / cost["params"] < 0.05
+
+
+def test_cost_model_predicts_slim_macs_exactly():
+    """The channel bookkeeping behind budget allocation: predicted MACs of a cut equal those of the model it builds."""
+    s = Slimmer("yolo26n.yaml", ratio=0.4, round_to=8, imgsz=128)
+    model = s.loaded.model.float().eval()
+    rewritten = copy.deepcopy(model)
+    rewrite_blocks(rewritten)
+    groups, graph, ties, frozen = s.structure(rewritten)
+    sites = conv_sites(rewritten, groups, graph, 128)
+    plan = {g.root_name: g.keep for g in s.groups()}
+    drop = {g.index: g.width - plan[g.root_name] for g in groups}
+    predicted = CostModel.macs(sites).predict(drop)
+    actual = conv_macs(s.slim().eval(), 128)
+    base = conv_macs(model, 128)
+    print(f"base {base} predicted {predicted:.0f} actual {actual}")
+    assert actual < base and abs(predicted - actual) / actual < 1e-3
+
+
+def test_budget_allocation_respects_budget_floors_and_ties():
+    s = Slimmer("yolo26n.yaml", ratio=0.5, round_to=16, imgsz=128)
+    model = s.loaded.model.float().eval()
+    rewrite_blocks(model)
+    groups, graph, ties, frozen = s.structure(model)
+    cost = CostModel.macs(conv_sites(model, groups, graph, 128))
+    full = cost.predict({})
+    keep, predicted = allocate_budget(groups, cost, 0.5 * full, s.rules, 16, ties, frozen, max_ratio=0.75, loss="share")
+    assert predicted <= 0.5 * full
+    by = {g.index: g for g in groups}
+    for g in groups:
+        assert keep[g.index] % 16 == 0 or keep[g.index] == g.width
+        assert keep[g.index] >= g.width * (1 - 0.75 * s.rules.ratio(g.kind, 1.0)) - 1e-9
+    for tie in ties:
+        assert len({keep[i] for i in tie}) == 1, [by[i].root_name for i in tie]
+    assert all(keep[i] == by[i].width for i in frozen)
+    _, unreachable = allocate_budget(groups, cost, 0.01 * full, s.rules, 16, ties, frozen, max_ratio=0.75, loss="share")
+    assert unreachable > 0.01 * full  # floors stop it: the search reports the budget as out of reach
+
+
+def test_module_of_onnx_names():
+    assert module_of("/model.6/m/m.0/cv1/conv/Conv_output_0_nchwc") == "model.6.m.0.cv1.conv"
+    assert module_of("/model.23/cv3.0/cv3.0.1/cv3.0.1.1/conv/Conv") == "model.23.cv3.0.1.1.conv"
+    assert module_of("/model.0/act/Mul/QuickGeluFusion/") == "model.0.act"
+    assert module_of("ReorderOutput_token_3") == ""
+
+
+def test_target_flops_reaches_the_share(tmp_path):
+    t = TargetSlimmer("yolo26n.yaml", flops=0.5, imgsz=160, progress=False)
+    slim = t.search()
+    print(t.result.format())
+    assert abs(t.result.reached / 0.5 - 1) <= 0.03 and slim.report.target["kind"] == "flops"
+    path = slim.save(tmp_path / "half.pt")
+    from ultralytics import YOLO
+
+    m = YOLO(str(path))
+    assert sum(p.numel() for p in m.model.parameters()) == slim.report.after["params"]
+
+
+def test_target_speedup_search_runs_on_both_runtimes(tmp_path):
+    """The search itself (calibration, allocation, timed candidates): its figures are measured, not asserted."""
+    for runtime in ("onnxruntime", "torch"):
+        t = TargetSlimmer("yolo26n.yaml", speedup=1.3, imgsz=96, threads=1, runtime=runtime, runs=3, max_steps=2,
+                          progress=False)
+        slim = t.search()
+        print(runtime, t.result.format())
+        assert 1 <= len(t.result.steps) <= 2 and slim.report.target["kind"] == "speedup"
+        assert slim.report.after["params"] < slim.report.before["params"]
+        closest = min((s.reached for s in t.result.steps), key=lambda v: abs(v / 1.3 - 1))
+        assert t.result.reached == pytest.approx(closest)  # the candidate kept is the one nearest the target
+
+
+def _spread_scores(model):
+    """A random model's class scores all tie at the bias; shrink BatchNorm variances (bisection on a log scale)
+    until they spread out without saturating, as a trained model's do."""
+    from yoloprune.deploy.export import sample_image
+
+    x = torch.from_numpy(sample_image(160))
+    low, high = math.log(1e-3), math.log(1.0)  # variance too small (saturated) .. too large (tied)
+    for _ in range(30):
+        trial = copy.deepcopy(model).eval()
+        for m in trial.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.fill_(math.exp((low + high) / 2))
+        trial.end2end = True
+        with torch.no_grad():
+            out = trial(x)
+        while isinstance(out, (tuple, list)):
+            out = out[0]
+        s = out[0, :, 4]
+        if s.max() >= 0.99:
+            low = (low + high) / 2
+        elif s.max() - s.min() < 0.05:
+            high = (low + high) / 2
+        else:
+            trial.end2end = False
+            return trial
+    pytest.skip("no spread of scores found")
+
+
+@pytest.mark.parametrize("yaml", ["yolo26n.yaml", "yolo26n-seg.yaml"])
+def test_end2end_export_matches_pytorch(yaml, tmp_path):
+    torch.manual_seed(0)
+    model = _spread_scores(Slimmer(yaml, ratio=0.3, imgsz=160).slim())
+    pt = save_checkpoint(model, tmp_path / "m.pt", LoadedModel(model, "m", False))
+    r = export(str(pt), imgsz=160, end2end=True, output=tmp_path / "m.onnx", verbose=False)
+    print(r.format())
+    assert r.outputs[0][1] == 300 and r.compared > 50 and r.max_rel <= 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "{tmp}/junk.onnx"], "ONNX Runtime cannot load"),
+    (["bench", "{tmp}/missing.onnx"], "not found"),
+    (["bench", "yolo26n.yaml", "--runtime", "tensorrt"], "runtime 'tensorrt' is unknown"),
+    (["bench", "{tmp}/junk.onnx", "--runtime", "torch"], "time it with --runtime onnxruntime"),
+    (["bench", "yolo26n.yaml", "--imgsz", "16"], "imgsz 16"),
+    (["export", "yolo26n-cls.yaml", "--end2end"], "no NMS-free"),
+    (["slim", "yolo26n.yaml", "--target-speedup", "0.8"], "must be a number above 1"),
+    (["slim", "yolo26n.yaml", "--target-flops", "1.5"], "a number in (0, 1)"),
+    (["slim", "yolo26n.yaml", "--target-speedup", "2", "--ratio", "0.3"], "drop --ratio"),
+    (["slim", "yolo26n.yaml", "--target-speedup", "2", "--max-ratio", "1.5"], "max_ratio 1.5"),
+    (["slim", "yolo26n.yaml", "--target-speedup", "40", "--imgsz", "96", "--threads", "1"], "out of reach"),
+])
+def test_bad_deploy_input(args, message, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"not an onnx graph")
+    out = {"slim": ["--output", tmp_path / "out.pt"], "bench": ["--json", tmp_path / "out.json"],
+           "export": ["--output", tmp_path / "out.onnx"]}[args[0]]
+    r = cli(*[a.format(tmp=tmp_path) for a in args], *out, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]  # nothing written, no temp files left
