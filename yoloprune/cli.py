@@ -42,8 +42,8 @@ def cmd_slim(args: argparse.Namespace) -> int:
         from .target import TargetSlimmer
 
         search = TargetSlimmer(args.model, speedup=args.target_speedup, flops=args.target_flops,
-                               importance=args.importance, rules=args.rules, round_to=args.round_to or 16,
-                               imgsz=args.imgsz, runtime=args.runtime, device=args.device, threads=args.threads,
+                               importance=args.importance, rules=args.rules,
+                               round_to=16 if args.round_to is None else args.round_to, imgsz=args.imgsz, runtime=args.runtime, device=args.device, threads=args.threads,
                                max_ratio=args.max_ratio)
         slimmer = search.search()
         print(search.result.format())
@@ -53,7 +53,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
         slimmer = LayerPruner(args.model, ratio=_ratio(args), importance=args.importance, imgsz=args.imgsz)
     elif args.method == "channel":
         slimmer = Slimmer(args.model, ratio=_ratio(args), importance=args.importance, rules=args.rules,
-                          round_to=args.round_to or 8, imgsz=args.imgsz)
+                          round_to=8 if args.round_to is None else args.round_to, imgsz=args.imgsz)
     else:
         raise UserError(f"method '{args.method}' is unknown; use channel or layer")
     if targeted:
