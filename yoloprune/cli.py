@@ -43,7 +43,8 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
         search = TargetSlimmer(args.model, speedup=args.target_speedup, flops=args.target_flops,
                                importance=args.importance, rules=args.rules,
-                               round_to=16 if args.round_to is None else args.round_to, imgsz=args.imgsz, runtime=args.runtime, device=args.device, threads=args.threads,
+                               round_to=16 if args.round_to is None else args.round_to, imgsz=args.imgsz,
+                               runtime=args.runtime, device=args.device, threads=args.threads,
                                max_ratio=args.max_ratio)
         slimmer = search.search()
         print(search.result.format())
