@@ -58,6 +58,11 @@ class ConvSite:
         cout = self.cout - sum(drop.get(g, 0) * r for g, r in self.cout_per_cut.items())
         return max(cin, 1.0), max(cout, 1.0)
 
+    def features(self, cin: float, cout: float) -> tuple[float, float, float]:
+        """`(cin * cout, cin + cout, 1)` relative to the base widths (`cout` alone for a depthwise convolution)."""
+        x1 = cout / self.cout if self.depthwise else (cin * cout) / (self.cin * self.cout)
+        return x1, (cin + cout) / (self.cin + self.cout), 1.0
+
     def macs(self, cin: float, cout: float) -> float:
         return (cout if self.depthwise else cin * cout / self.groups) * self.k * self.hw
 
@@ -139,21 +144,23 @@ class CostModel:
         return cls(sites, conv, {}, "MACs")
 
     def conv_cost(self, site: ConvSite, cin: float, cout: float) -> float:
-        a, b, c = self.conv.get(site.name, (0.0, 0.0, 0.0))
-        x1 = cout / site.cout if site.depthwise else (cin * cout) / (site.cin * site.cout)
-        return a * x1 + b * (cin + cout) / (site.cin + site.cout) + c
+        coef = self.conv.get(site.name, (0.0, 0.0, 0.0))
+        return sum(k * x for k, x in zip(coef, site.features(cin, cout)))
+
+    def activation_shares(self, cout_of) -> dict[str, float]:
+        """Each layer's output activations relative to the base, with the output widths `cout_of(site)`; key ''
+        (unless a layer has that name) holds the whole model's."""
+        act = {}
+        for s in self.sites.values():
+            act[layer_of(s.name)] = act.get(layer_of(s.name), 0.0) + cout_of(s) * s.hw
+        shares = {layer: act.get(layer, 0.0) / base for layer, base in self.layer_act.items()}
+        shares.setdefault("", sum(act.values()) / max(sum(self.layer_act.values()), 1.0))
+        return shares
 
     def predict(self, drop: dict[int, int]) -> float:
-        total, act = 0.0, {}
-        for s in self.sites.values():
-            cin, cout = s.widths(drop)
-            total += self.conv_cost(s, cin, cout)
-            act[layer_of(s.name)] = act.get(layer_of(s.name), 0.0) + cout * s.hw
-        all_act = sum(act.values()) / max(sum(self.layer_act.values()), 1.0)
-        for layer, (d, e) in self.rest.items():
-            f = act.get(layer, 0.0) / self.layer_act[layer] if layer in self.layer_act else all_act
-            total += d * f + e
-        return total
+        total = sum(self.conv_cost(s, *s.widths(drop)) for s in self.sites.values())
+        shares = self.activation_shares(lambda s: s.widths(drop)[1])
+        return total + sum(d * shares.get(layer, shares[""]) + e for layer, (d, e) in self.rest.items())
 
 
 def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, rules: ShortcutRules, round_to: int,
@@ -186,7 +193,7 @@ def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, 
         for u in units:
             width = min(by_index[i].width for i in u) - drop[u[0]]
             step = steps[u[0]]
-            if width - step < floor[u[0]] or mult_zero(rules, by_index, u):
+            if width - step < floor[u[0]]:  # also every group whose rule multiplier is 0
                 continue
             gain = _delta(cost, touches[u[0]], drop, u, step)
             if loss == "share":
@@ -201,11 +208,6 @@ def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, 
             drop[i] += steps[best[0]]
         current = cost.predict(drop)
     return {g.index: g.width - drop[g.index] for g in groups}, current
-
-
-def mult_zero(rules: ShortcutRules, by_index: dict, unit: list[int]) -> bool:
-    """A rule multiplier of 0 protects the group entirely."""
-    return any(rules.ratio(by_index[i].kind, 1.0) <= 0 for i in unit)
 
 
 def _touches(cost: CostModel, units: list[list[int]]) -> dict[int, list[ConvSite]]:

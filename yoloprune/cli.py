@@ -17,12 +17,20 @@ def _default_output(model: str) -> Path:
     return p.with_name(f"{p.stem}-slim.pt")
 
 
+def _write_json(path: str, data: dict) -> None:
+    """Write `data` as JSON at `path`, atomically (the path was checked writable before any work)."""
+    from .checkpoint import atomic_write
+
+    text = json.dumps(data, indent=2)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def _ratio(args: argparse.Namespace) -> float:
     return 0.3 if args.ratio is None else args.ratio
 
 
 def cmd_slim(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write, check_writable
+    from .checkpoint import check_writable
     from .errors import UserError
     from .slimmer import Slimmer
 
@@ -66,8 +74,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
         report = slimmer.report
     print(report.format(layers=args.layers) if args.method == "channel" else report.format())
     if args.json:
-        text = json.dumps(report.to_dict(), indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        _write_json(args.json, report.to_dict())
     if args.dry_run:
         print("dry run: nothing written")
     else:
@@ -89,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze, format_analysis, gamma_histogram
-    from .checkpoint import atomic_write, check_writable
+    from .checkpoint import check_writable
 
     for out in (args.hist, args.json):
         if out:
@@ -100,8 +107,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         gamma_histogram(args.model, args.hist, threshold=args.threshold)
         print(f"saved BN gamma histogram {args.hist}")
     if args.json:
-        text = json.dumps(result, indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        _write_json(args.json, result)
     return 0
 
 
@@ -124,7 +130,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .checkpoint import atomic_write, check_writable
+    from .checkpoint import check_writable
     from .deploy.bench import bench
 
     if args.json:
@@ -133,8 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    threads=args.threads, warmup=args.warmup, runs=args.runs)
     print(result.format())
     if args.json:
-        text = json.dumps(result.to_dict(), indent=2)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        _write_json(args.json, result.to_dict())
         print(f"saved {args.json}")
     return 0
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .allocate import Allocation, allocate
 from .checkpoint import LoadedModel, load_model, save_checkpoint
-from .errors import UserError
+from .errors import UserError, check_whole
 from .graph.groups import CoupledGroup, coupled_groups
 from .graph.heads import head_handler
 from .graph.rewrite import SplitBlock, fold_blocks, rewrite_blocks
@@ -55,10 +55,8 @@ class Slimmer:
             get_importance(importance)  # raises the user error with the close match
         self.importance = importance
         self.rules: ShortcutRules = load_rules(rules)
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise UserError(f"round_to {round_to!r} must be a whole number >= 1 (e.g. 8)")
-        if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
-            raise UserError(f"imgsz {imgsz!r} must be a whole number >= 32 (e.g. 640)")
+        check_whole("round_to", round_to, 1, "8")
+        check_whole("imgsz", imgsz, 32, "640")
         self.round_to, self.imgsz = round_to, imgsz
         self.loaded: LoadedModel = load_model(model)
         if head_handler(self.loaded.model.model[-1]) is None:

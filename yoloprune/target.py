@@ -95,11 +95,11 @@ class TargetSlimmer:
                  rules="yolo26", round_to: int = 16, imgsz: int = 640, runtime: str = "onnxruntime",
                  device: str = "cpu", threads: int | None = None, max_ratio: float = 0.75, tolerance: float = 0.03,
                  max_steps: int = 6, runs: int = 50, progress: bool = True):
-        from .deploy.bench import _check
+        from .deploy.bench import check_timing_args
         from .deploy.runtime import default_threads
 
         check_target(speedup, flops)
-        _check(runtime, device, imgsz, 1, threads, 0, runs)
+        check_timing_args(runtime, device, imgsz, 1, threads, 0, runs)
         if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
             raise UserError(f"max_ratio {max_ratio!r} must be in (0, 1): the most of a group's channels one cut removes")
         self.slimmer = Slimmer(model, ratio=0.5, importance=importance, rules=rules, round_to=round_to, imgsz=imgsz)
@@ -202,11 +202,9 @@ class TargetSlimmer:
         self.slimmer.report.target = self.result.to_dict()
 
     def _onnx(self, model, work: Path, name: str) -> Path:
-        from .checkpoint import LoadedModel, save_checkpoint
         from .deploy.export import export
 
-        pt = save_checkpoint(model, work / f"{name}.pt", LoadedModel(model, name, False, self.slimmer.loaded.ckpt))
-        return export(str(pt), imgsz=self.slimmer.imgsz, output=work / f"{name}.onnx", verbose=False).path
+        return export(model, imgsz=self.slimmer.imgsz, output=work / f"{name}.onnx", verbose=False).path
 
     def _runner(self, model, work: Path, name: str):
         from .deploy.export import quiet_ultralytics

@@ -56,18 +56,18 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def _check(runtime, device, imgsz, batch, threads, warmup, runs):
-    from ..errors import close_match
+def check_timing_args(runtime, device, imgsz, batch, threads, warmup, runs) -> None:
+    """Validate where and how models are timed (shared by `bench` and the speed-up target search)."""
+    from ..errors import check_whole, close_match
 
     if runtime not in RUNTIMES:
         raise UserError(f"runtime '{runtime}' is unknown{close_match(runtime, RUNTIMES)}; use {' or '.join(RUNTIMES)}")
     if device not in DEVICES:
         raise UserError(f"device '{device}' is unknown{close_match(device, DEVICES)}; use cpu or cuda")
     for name, v, low in (("imgsz", imgsz, 32), ("batch", batch, 1), ("warmup", warmup, 0), ("runs", runs, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError(f"{name} {v!r} must be a whole number >= {low}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads {threads!r} must be a whole number >= 1")
+        check_whole(name, v, low)
+    if threads is not None:
+        check_whole("threads", threads, 1)
 
 
 def _onnx_for(model: str, work: Path, i: int, imgsz: int, batch: int) -> Path:
@@ -104,7 +104,7 @@ def bench(models, runtime: str = "onnxruntime", device: str = "cpu", imgsz: int 
     """
     from tqdm import tqdm
 
-    _check(runtime, device, imgsz, batch, threads, warmup, runs)
+    check_timing_args(runtime, device, imgsz, batch, threads, warmup, runs)
     models = [models] if isinstance(models, (str, Path)) else list(models)
     if not models:
         raise UserError("no model to benchmark: pass one or more .pt, .onnx or YAML models")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, check_whole
 
 FORMATS = ("onnx",)
 
@@ -150,14 +150,15 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
     The relative difference is taken per output channel (see `_rel`).
 
     Args:
-        model: a `.pt` checkpoint or a model YAML.
+        model: a `.pt` checkpoint, a model YAML, or a YOLO model object (as `load_model` takes).
         format: `onnx`.
         imgsz: square export size.
         opset, simplify, dynamic, batch: passed to Ultralytics' exporter.
         end2end: export the NMS-free one-to-one head output (`(batch, 300, 6)` boxes for detection) of models that
             have one (YOLO26); default: the raw head output that needs NMS (`(batch, 4 + classes, anchors)`).
         verbose: print the exporter's progress.
-        output: where the file goes (default: `<stem>.onnx` beside a `.pt`, in the current folder for a YAML).
+        output: where the file goes (default: `<stem>.onnx` beside a `.pt`, in the current folder for a YAML;
+            `model.onnx` there for a model object).
         tolerance: largest relative difference accepted; a larger one is an error and nothing is written.
 
     Example:
@@ -169,15 +170,16 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
         from ..errors import close_match
 
         raise UserError(f"format '{format}' is not supported{close_match(format, FORMATS)}; use onnx")
-    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
-        raise UserError(f"imgsz {imgsz!r} must be a whole number >= 32 (e.g. 640)")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise UserError(f"batch {batch!r} must be a whole number >= 1")
+    check_whole("imgsz", imgsz, 32, "640")
+    check_whole("batch", batch, 1)
     loaded = load_model(model)
     if end2end and getattr(loaded.model.model[-1], "one2one_cv2", None) is None:
         raise UserError(f"'{loaded.source}' has no NMS-free (one-to-one) head: export it without --end2end")
-    src = Path(str(model))
-    out = Path(output) if output else (src.with_suffix(".onnx") if src.suffix == ".pt" else Path.cwd() / f"{src.stem}.onnx")
+    if output:
+        out = Path(output)
+    else:
+        src = Path(str(model)) if isinstance(model, (str, Path)) else Path("model")
+        out = src.with_suffix(".onnx") if src.suffix == ".pt" else Path.cwd() / f"{src.stem}.onnx"
     if out.suffix != ".onnx":
         raise UserError(f"output '{out}' must end in .onnx")
     check_writable(out)

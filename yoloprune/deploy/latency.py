@@ -58,23 +58,15 @@ def attribute(times: dict[str, float], convs: set[str]) -> dict[str, float]:
 
 
 def profile_onnx(path: Path, device: str, threads: int | None, runs: int, imgsz: int) -> dict[str, float]:
-    """Median time (ms) of every operator of an ONNX graph over `runs` profiled runs."""
-    import onnxruntime as ort
-
+    """Median time (ms) of every operator of an ONNX graph over `runs` profiled runs (after 3 warm-up runs)."""
     from .runtime import OrtRunner
 
-    runner = OrtRunner(path, imgsz, 1, device, threads)
-    for _ in range(3):
-        runner()
-    opts = runner.session.get_session_options()
     work = Path(tempfile.mkdtemp(prefix="yoloprune-prof-"))
     try:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(work / "p")
-        sess = ort.InferenceSession(str(path), opts, providers=runner.session.get_providers())
+        runner = OrtRunner(path, imgsz, 1, device, threads, profile=str(work / "p"))
         for _ in range(3 + runs):
-            sess.run(None, {runner.name: runner.x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
+            runner()
+        events = json.loads(Path(runner.session.end_profiling()).read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     per = defaultdict(list)
@@ -160,31 +152,20 @@ def fit_cost_model(sites: dict[str, ConvSite], samples: list[tuple[dict[str, tup
         sites: stock convolutions of the base model (`yoloprune.budget.conv_sites`).
         samples: per profiled model, its `{conv name: (cin, cout)}` and its attributed times (`attribute`).
     """
-    conv, rest = {}, {}
+    model = CostModel(sites, {}, {}, "ms")
     for s in sites.values():
         rows, ys = [], []
         for widths, times in samples:
             if s.name in widths and s.name in times:
-                ci, co = widths[s.name]
-                rows.append([co / s.cout if s.depthwise else ci * co / (s.cin * s.cout), (ci + co) / (s.cin + s.cout), 1.0])
+                rows.append(s.features(*widths[s.name]))
                 ys.append(times[s.name])
         if rows:
-            conv[s.name] = tuple(_nnls(np.array(rows), np.array(ys)))
-    base_act = defaultdict(float)
-    for s in sites.values():
-        base_act[layer_of(s.name)] += s.cout * s.hw
-    layers = {k for _, times in samples for k in times if k not in sites}
-    for layer in layers:
-        rows, ys = [], []
-        for widths, times in samples:
-            act = defaultdict(float)
-            for s in sites.values():
-                act[layer_of(s.name)] += widths.get(s.name, (s.cin, s.cout))[1] * s.hw
-            f = act[layer] / base_act[layer] if layer in base_act else sum(act.values()) / sum(base_act.values())
-            rows.append([f, 1.0])
-            ys.append(times.get(layer, 0.0))
-        rest[layer] = tuple(_nnls(np.array(rows), np.array(ys)))
-    return CostModel(sites, conv, rest, "ms")
+            model.conv[s.name] = tuple(_nnls(np.array(rows), np.array(ys)))
+    shares = [model.activation_shares(lambda s, w=widths: w.get(s.name, (s.cin, s.cout))[1]) for widths, _ in samples]
+    for layer in {k for _, times in samples for k in times if k not in sites}:
+        rows = [[f.get(layer, f[""]), 1.0] for f in shares]
+        model.rest[layer] = tuple(_nnls(np.array(rows), np.array([times.get(layer, 0.0) for _, times in samples])))
+    return model
 
 
 def stock_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
