@@ -144,6 +144,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEFAULT, QUICK, run_demo
+    from .offline import ensure_font
+
+    overrides = {k: getattr(args, k) for k in ("train", "val", "imgsz", "base_epochs", "finetune_epochs", "speedup",
+                                               "deploy_imgsz", "threads") if getattr(args, k) is not None}
+    ensure_font()
+    result = run_demo(args.out, QUICK if args.quick else DEFAULT, data=args.data, model=args.model, **overrides)
+    print(result.format())
+    print(f"files in {args.out}: slim-finetuned.pt, slim.onnx, base.onnx, demo.json")
+    return 0
+
+
 TRAIN_HELP = """Train with Ultralytics' keys plus yoloprune's, as key=value pairs (a cfg=file.yaml may hold them all).
 
 Examples:
@@ -223,6 +236,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=50, help="timed rounds, each running every model once (default 50)")
     b.add_argument("--json", help="also write the results as JSON to this path")
     b.set_defaults(func=cmd_bench)
+
+    m = sub.add_parser("demo", help="the whole job offline: data, base, slim to 2x, KD fine-tune, ONNX, latency, table",
+                       description="Generate a synthetic data set, train a small base yolo26n (or take yours), slim "
+                                   "it to a measured ONNX Runtime speed-up, fine-tune it with distillation, export "
+                                   "base and slim to ONNX with a parity check, time them and print one table. "
+                                   "Finished steps are reused on a second run into the same --out.")
+    m.add_argument("--out", default="yoloprune-demo", help="output folder (default yoloprune-demo)")
+    m.add_argument("--quick", action="store_true",
+                   help="smaller data, fewer epochs, imgsz 160: a few minutes on a 2-core CPU")
+    m.add_argument("--data", help="a data.yaml of your own instead of the synthetic set")
+    m.add_argument("--model", default="yolo26n.yaml",
+                   help="model YAML to train as the base, or a trained .pt used as it is (default yolo26n.yaml)")
+    m.add_argument("--speedup", type=float, help="measured ONNX Runtime speed-up to slim to (default 2.0)")
+    m.add_argument("--base-epochs", type=int, help="base training epochs (default 20; --quick 12)")
+    m.add_argument("--finetune-epochs", type=int, help="fine-tune epochs with distillation (default 10; --quick 4)")
+    m.add_argument("--imgsz", type=int, help="training / validation size (default 256; --quick 160)")
+    m.add_argument("--deploy-imgsz", type=int, help="export, latency and GFLOPs size (default 640)")
+    m.add_argument("--train", type=int, help="synthetic training images (default 256; --quick 128)")
+    m.add_argument("--val", type=int, help="synthetic validation images (default 64; --quick 32)")
+    m.add_argument("--threads", type=int, help="ONNX Runtime threads (default: every core)")
+    m.set_defaults(func=cmd_demo)
 
     d = sub.add_parser("dataset", help="write a deterministic synthetic dataset (shapes on textured backgrounds)")
     d.add_argument("dir", help="folder to write")

@@ -1,0 +1,82 @@
+"""`yoloprune demo`: the whole pipeline end to end at toy sizes, its reuse of finished steps, and its bad inputs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["--train", "16", "--val", "8", "--imgsz", "64", "--base-epochs", "1", "--finetune-epochs", "1",
+        "--deploy-imgsz", "160", "--speedup", "1.2", "--threads", "2"]
+
+
+def demo(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "yoloprune.cli", "demo", *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    p = demo("--out", str(out), *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, p.stdout
+
+
+def test_demo_runs_every_step_and_ends_with_the_table(finished):
+    out, stdout = finished
+    for i in range(1, 8):
+        assert f"[{i}/7]" in stdout
+    table = stdout[stdout.index("[7/7]"):]
+    assert "base" in table and "slim + 1 epochs KD" in table and "speed-up" in table
+    assert "max rel diff" in stdout  # parity was checked for both exports
+    for name in ("base.onnx", "slim.onnx", "slim.pt", "slim-finetuned.pt", "demo.json"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "demo.json").read_text())
+    base, slim, tuned = result["rows"]
+    assert tuned["params"] < base["params"] and tuned["gflops"] < base["gflops"]
+    assert base["speedup"] == 1.0 and tuned["speedup"] > 0
+    assert result["target"]["kind"] == "speedup" and result["target"]["target"] == 1.2
+    print(f"demo table: base {base}, tuned {tuned}")
+
+
+def test_demo_outputs_are_plain_ultralytics(finished, bus_jpg):
+    out, _ = finished
+    code = ("import sys; from ultralytics import YOLO; m = YOLO(sys.argv[1]); r = m.predict(sys.argv[2], imgsz=64, "
+            "verbose=False); print(sum(p.numel() for p in m.model.parameters()))")
+    p = subprocess.run([sys.executable, "-c", code, str(out / "slim-finetuned.pt"), str(bus_jpg)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(out / "slim.onnx"), providers=["CPUExecutionProvider"])
+    assert s.get_inputs()[0].shape == [1, 3, 160, 160]
+
+
+def test_demo_reuses_finished_steps(finished):
+    out, _ = finished
+    p = demo("--out", str(out), *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "reused the finished run" in p.stdout and f"reused {out / 'slim.pt'}" in p.stdout
+    assert "Starting training" not in p.stdout + p.stderr  # nothing trained again
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speedup", "0.9"], "must be a number above 1"),
+    (["--data", "missing.yaml"], "data 'missing.yaml' not found"),
+    (["--model", "nope.pt"], "not found"),
+    (["--base-epochs", "0"], "base-epochs 0 must be a whole number >= 1"),
+    (["--imgsz", "16"], "imgsz 16 must be a whole number >= 32"),
+])
+def test_demo_bad_input(tmp_path, args, message):
+    p = demo("--out", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_demo_out_is_a_file(tmp_path):
+    f = tmp_path / "taken"
+    f.write_text("x")
+    p = demo("--out", str(f))
+    assert p.returncode == 2 and "is a file" in p.stderr and f.read_text() == "x"
