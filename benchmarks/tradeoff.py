@@ -13,6 +13,7 @@ epochs with the same recipe ("equally-trained base"). Points:
 - at the uniform 2x ratio: `rules@ratio` (rules at the same ratio: equal ratio, a slower model), importance `l2` and
   `bn`, `sparse-bn` (`--sparse-epochs` of sparsity training of the base first; its reference has those epochs too),
   `no-kd` (plain fine-tuning).
+- `uniform@r0.3`, `rules@r0.3`: the seed's comparison (ratio 0.3, without and with shortcut rules).
 - `layer` (half of the repeated blocks removed) and `channel@layer` (uniform channels at the speed-up the layer cut
   measured).
 
@@ -201,6 +202,9 @@ class Sweep:
                                         structured_l1=True, lambda_bn=a.lambda_bn).weights)
                 self.point("uniform@2x-sparse-bn", lambda: (self.slim_at("uniform", r2, "bn", sparse), two_timing),
                            line="sparsity + bn", ratio=r2, importance="bn", kd=True, extra_epochs=a.sparse_epochs)
+        for kind in ("uniform", "rules"):  # the seed's claim: rules lose less mAP than uniform at ratio 0.3
+            self.point(f"{kind}@r0.3", lambda kind=kind: (self.slim_at(kind, 0.3), self.measured(kind, 0.3)),
+                       line=f"{kind} r0.3", ratio=0.3, importance="l1", kd=True)
         layer = self.measured("layer", 0.5)
         self.point("layer", lambda: (self.slim_at("layer", 0.5), layer), line="layer", ratio=0.5, importance="l1",
                    kd=True)

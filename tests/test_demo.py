@@ -61,6 +61,23 @@ def test_demo_reuses_finished_steps(finished):
     assert "Starting training" not in p.stdout + p.stderr  # nothing trained again
 
 
+def test_demo_takes_your_data_and_a_trained_base(finished, tmp_path):
+    from yoloprune.data import make_dataset
+
+    out, _ = finished
+    other = make_dataset(tmp_path / "five", "detect", train=16, val=8, imgsz=64, classes=5, seed=3)
+    p = demo("--out", str(tmp_path / "mine"), "--data", str(other), *TINY)  # a YAML base trained on 5 classes
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"your data: {other}" in p.stdout and "slim + 1 epochs KD" in p.stdout
+    assert json.loads((tmp_path / "mine" / "demo.json").read_text())["rows"][2]["params"] > 0
+    base = out / "base" / "weights" / "best.pt"
+    p = demo("--out", str(tmp_path / "given"), "--model", str(base), "--data", str(out / "shapes" / "data.yaml"), *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"trained base given: {base}" in p.stdout and not (tmp_path / "given" / "base").exists()
+    p = demo("--out", str(tmp_path / "bad"), "--model", str(base), "--data", str(other), *TINY)
+    assert p.returncode == 2 and "predicts 3 classes but data" in p.stderr and not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--speedup", "0.9"], "must be a number above 1"),
     (["--data", "missing.yaml"], "data 'missing.yaml' not found"),

@@ -86,6 +86,22 @@ def check_settings(s: DemoSettings) -> None:
         raise UserError(f"speed-up {s.speedup!r} must be a number above 1, e.g. 2.0")
 
 
+def _check_classes(model, data) -> None:
+    """A trained base must predict the data's classes (it is validated on them and teaches the slim model)."""
+    import yaml
+
+    try:
+        d = yaml.safe_load(Path(data).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"data '{data}' is not readable YAML ({type(e).__name__}): pass an Ultralytics data.yaml") from None
+    names = d.get("names") if isinstance(d, dict) else None
+    data_nc = len(names) if isinstance(names, (list, dict)) else d.get("nc") if isinstance(d, dict) else None
+    nc = len(getattr(model, "names", None) or {}) or getattr(model, "nc", None)
+    if data_nc is not None and nc is not None and nc != data_nc:
+        raise UserError(f"the base model predicts {nc} classes but data '{data}' has {data_nc}: pass a base trained "
+                        f"on this data, or a model YAML to train one")
+
+
 def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, model="yolo26n.yaml",
              **overrides) -> DemoResult:
     """Run the whole pipeline into `out` and return the final table.
@@ -113,7 +129,9 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     if data is not None and not Path(data).is_file():
         raise UserError(f"data '{data}' not found: pass the path of a data.yaml (or leave it out for the synthetic set)")
     trained = str(model).endswith(".pt")
-    load_model(model)  # a missing, corrupt or non-YOLO model fails now, not after training
+    loaded = load_model(model)  # a missing, corrupt or non-YOLO model fails now, not after training
+    if trained and data is not None:
+        _check_classes(loaded.model, data)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
