@@ -51,7 +51,7 @@ def run(model: str, imgsz: int, threads: int | None, ratios, round_tos, targets,
                                    "pt": pt})
         unreached = []
         for s in tqdm(targets, desc="target searches"):
-            t = TargetSlimmer(base_pt, speedup=s, imgsz=imgsz, threads=threads, progress=False)
+            t = TargetSlimmer(base_pt, speedup=s, imgsz=imgsz, threads=threads, progress=False, allocation="latency")
             pt = work / f"target-{s}.pt"
             try:
                 t.search().save(pt)

@@ -176,7 +176,7 @@ class Sweep:
                     if not out.exists():
                         try:
                             TargetSlimmer(str(self.base), speedup=sp, imgsz=a.bench_imgsz, threads=a.threads,
-                                          max_ratio=a.max_ratio, progress=False).search().save(out)
+                                          max_ratio=a.max_ratio, progress=False, allocation="latency").search().save(out)
                         except UserError as e:
                             return None, {"unreachable": str(e)}
                     return out, self.measure(out)

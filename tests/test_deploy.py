@@ -133,17 +133,19 @@ def test_target_flops_reaches_the_share(tmp_path):
     assert sum(p.numel() for p in m.model.parameters()) == slim.report.after["params"]
 
 
-def test_target_speedup_search_runs_on_both_runtimes(tmp_path):
-    """The search itself (calibration, allocation, timed candidates): its figures are measured, not asserted."""
-    for runtime in ("onnxruntime", "torch"):
-        t = TargetSlimmer("yolo26n.yaml", speedup=1.3, imgsz=96, threads=1, runtime=runtime, runs=3, max_steps=2,
-                          progress=False)
-        slim = t.search()
-        print(runtime, t.result.format())
-        assert 1 <= len(t.result.steps) <= 2 and slim.report.target["kind"] == "speedup"
-        assert slim.report.after["params"] < slim.report.before["params"]
-        closest = min((s.reached for s in t.result.steps), key=lambda v: abs(v / 1.3 - 1))
-        assert t.result.reached == pytest.approx(closest)  # the candidate kept is the one nearest the target
+@pytest.mark.parametrize("runtime, allocation", [("onnxruntime", "latency"), ("torch", "latency"),
+                                                 ("onnxruntime", "rules")])
+def test_target_speedup_search_runs(tmp_path, runtime, allocation):
+    """The search itself (calibration or ratio search, timed candidates): its figures are measured, not asserted."""
+    t = TargetSlimmer("yolo26n.yaml", speedup=1.3, imgsz=96, threads=1, runtime=runtime, runs=3, max_steps=2,
+                      progress=False, allocation=allocation)
+    slim = t.search()
+    print(runtime, t.result.format())
+    assert 1 <= len(t.result.steps) <= 2 and slim.report.target["kind"] == "speedup"
+    assert slim.report.target["allocation"] == allocation
+    assert slim.report.after["params"] < slim.report.before["params"]
+    closest = min((s.reached for s in t.result.steps), key=lambda v: abs(v / 1.3 - 1))
+    assert t.result.reached == pytest.approx(closest)  # the candidate kept is the one nearest the target
 
 
 def _spread_scores(model):
@@ -194,6 +196,7 @@ def test_end2end_export_matches_pytorch(yaml, tmp_path):
     (["slim", "yolo26n.yaml", "--target-speedup", "0.8"], "must be a number above 1"),
     (["slim", "yolo26n.yaml", "--target-flops", "1.5"], "a number in (0, 1)"),
     (["slim", "yolo26n.yaml", "--target-speedup", "2", "--ratio", "0.3"], "drop --ratio"),
+    (["slim", "yolo26n.yaml", "--target-speedup", "2", "--allocation", "latncy"], "did you mean 'latency'"),
     (["slim", "yolo26n.yaml", "--target-speedup", "2", "--max-ratio", "1.5"], "max_ratio 1.5"),
     (["slim", "yolo26n.yaml", "--target-speedup", "40", "--imgsz", "96", "--threads", "1"], "out of reach"),
 ])

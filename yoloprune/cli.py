@@ -53,6 +53,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
                                importance=args.importance, rules=args.rules,
                                round_to=16 if args.round_to is None else args.round_to, imgsz=args.imgsz,
                                runtime=args.runtime, device=args.device, threads=args.threads,
+                               allocation=args.allocation,
                                max_ratio=args.max_ratio)
         slimmer = search.search()
         print(search.result.format())
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --ratio: search widths until the measured speed-up on --runtime/--device is S")
     s.add_argument("--target-flops", type=float, metavar="F",
                    help="instead of --ratio: keep this share of the base GFLOPs (e.g. 0.5), widths spread by the rules")
+    s.add_argument("--allocation", default="rules",
+                   help="with --target-speedup: rules (search the ratio of the rules plan; keeps the most mAP, "
+                        "default) or latency (greedy widths from a measured per-layer latency table; most speed per MAC)")
     s.add_argument("--runtime", default="onnxruntime", help="where --target-speedup measures: onnxruntime or torch")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda, for --target-speedup")
     s.add_argument("--threads", type=int, help="intra-op threads for --target-speedup (default: every core)")

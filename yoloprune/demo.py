@@ -165,7 +165,8 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
             print(f"reused the finished run {base}")
     print(f"base mAP50-95 {base_map[1]:.4f}")
 
-    _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz}")
+    _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} (shortcut rules, "
+                f"ratio searched)")
     slim = out / "slim.pt"
     marker = out / "slim.json"
     want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads}

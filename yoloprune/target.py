@@ -24,11 +24,14 @@ from .graph.rewrite import rewrite_blocks
 from .slimmer import Slimmer
 
 
+ALLOCATIONS = ("rules", "latency")
+
+
 @dataclass
 class TargetStep:
     """One candidate of the search."""
 
-    budget: float  # predicted cost asked of the allocator
+    budget: float  # predicted cost asked of the allocator (the ratio, for the `rules` allocation)
     predicted: float  # predicted cost of the widths it chose
     reached: float  # measured speed-up, or kept share of base GFLOPs
     gflops: float
@@ -43,6 +46,8 @@ class TargetResult:
     runtime: str = ""
     device: str = ""
     threads: int = 0
+    allocation: str = ""
+    ratio: float | None = None  # the ratio found by the `rules` allocation
     base_ms: float | None = None
     slim_ms: float | None = None
 
@@ -50,7 +55,8 @@ class TargetResult:
         if self.kind == "speedup":
             return (f"target speed-up {self.target:.2f}x on {self.runtime} {self.device} ({self.threads} threads): "
                     f"measured {self.reached:.2f}x ({self.base_ms:.2f} -> {self.slim_ms:.2f} ms) after "
-                    f"{len(self.steps)} candidate(s)")
+                    f"{len(self.steps)} candidate(s), {self.allocation} allocation"
+                    + (f" at ratio {self.ratio:.2f}" if self.ratio is not None else ""))
         return (f"target GFLOPs {self.target:.0%} of base: reached {self.reached:.1%} after {len(self.steps)} "
                 f"candidate(s)")
 
@@ -75,6 +81,11 @@ class TargetSlimmer:
         model: as for `Slimmer`.
         speedup: measured speed-up to reach (> 1), or
         flops: share of base GFLOPs to keep, in (0, 1).
+        allocation: how `speedup` chooses widths. `rules` (default): the ratio of the shortcut-rule plan (as
+            `--ratio`) is searched until the measured speed-up is reached; `latency`: widths are allocated greedily
+            from a measured per-layer latency table, buying the most speed per channel removed. Measured on yolo26n
+            (benchmarks/tradeoff.py): `latency` runs faster per MAC removed but thins the downsampling convolutions
+            and keeps much less mAP after fine-tuning at the same speed-up; `rules` keeps the most.
         importance, rules: as for `Slimmer` (rules weigh how much each group may lose).
         round_to: kept widths are multiples of this (16: the channel block of ONNX Runtime's AVX-512 kernels and
             a multiple of GPU tensor-core tiles).
@@ -94,11 +105,17 @@ class TargetSlimmer:
     def __init__(self, model, speedup: float | None = None, flops: float | None = None, importance: str = "l1",
                  rules="yolo26", round_to: int = 16, imgsz: int = 640, runtime: str = "onnxruntime",
                  device: str = "cpu", threads: int | None = None, max_ratio: float = 0.75, tolerance: float = 0.03,
-                 max_steps: int = 6, runs: int = 50, progress: bool = True):
+                 max_steps: int = 6, runs: int = 50, progress: bool = True, allocation: str = "rules"):
         from .deploy.bench import check_timing_args
         from .deploy.runtime import default_threads
 
         check_target(speedup, flops)
+        if allocation not in ALLOCATIONS:
+            from .errors import close_match
+
+            raise UserError(f"allocation '{allocation}' is unknown{close_match(allocation, ALLOCATIONS)}; "
+                            f"use {' or '.join(ALLOCATIONS)}")
+        self.allocation = allocation
         check_timing_args(runtime, device, imgsz, 1, threads, 0, runs)
         if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
             raise UserError(f"max_ratio {max_ratio!r} must be in (0, 1): the most of a group's channels one cut removes")
@@ -124,6 +141,8 @@ class TargetSlimmer:
         try:
             if self.flops is not None:
                 return self._search_flops(groups, sites, ties, frozen)
+            if self.allocation == "rules":
+                return self._search_ratio(work)
             return self._search_speed(groups, sites, ties, frozen, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -158,7 +177,6 @@ class TargetSlimmer:
 
     def _search_speed(self, groups, sites, ties, frozen, work: Path) -> Slimmer:
         from .deploy.latency import CALIBRATION_RATIOS, fit_cost_model
-        from .deploy.runtime import interleaved
 
         s = self.slimmer
         self._log(f"measuring a per-layer latency table on {self.runtime} {self.device} ({self.threads} threads, "
@@ -173,14 +191,11 @@ class TargetSlimmer:
         predicted_base = cost.predict({})
         budget = predicted_base / self.speedup
         result = self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
-                                            threads=self.threads)
+                                            threads=self.threads, allocation="latency")
         best = None
         for i in range(self.max_steps):
             predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
-            runner = self._runner(s.model, work, f"candidate{i}")
-            t_base, t_slim = (np.array(t) for t in interleaved([base_runner, runner], 5, self.runs))
-            reached = float(np.median(t_base / t_slim))  # per-round ratios: robust to the machine's slow spells
-            t_base, t_slim = float(np.median(t_base)), float(np.median(t_slim))
+            reached, t_base, t_slim = self._time(base_runner, work, f"candidate{i}")  # per-round ratios
             result.steps.append(TargetStep(budget, predicted, reached, s.report.after["gflops"]))
             self._log(f"  candidate {i + 1}: predicted {predicted_base / predicted:.2f}x, measured {reached:.2f}x "
                       f"({t_base * 1e3:.2f} -> {t_slim * 1e3:.2f} ms), {s.report.after['gflops']:.2f} GFLOPs")
@@ -195,6 +210,54 @@ class TargetSlimmer:
             budget *= reached / self.speedup  # too slow: ask for less predicted time; too fast: allow more
         result.reached, result.base_ms, result.slim_ms = best[0], best[1] * 1e3, best[2] * 1e3
         s.widths, s.model, s.report = best[3], best[4], best[5]
+        self._finish()
+        return s
+
+    def _time(self, base_runner, work: Path, name: str) -> tuple[float, float, float]:
+        """Time the slimmer's current model against the base: (median per-round speed-up, base s, slim s)."""
+        from .deploy.runtime import interleaved
+
+        runner = self._runner(self.slimmer.model, work, name)
+        t_base, t_slim = (np.array(t) for t in interleaved([base_runner, runner], 5, self.runs))
+        return float(np.median(t_base / t_slim)), float(np.median(t_base)), float(np.median(t_slim))
+
+    def _search_ratio(self, work: Path) -> Slimmer:
+        """The `rules` allocation: regula falsi on the plan's ratio (speed-up 1 at ratio 0) to the measured target."""
+        s = self.slimmer
+        s.widths = None
+        base_runner = self._runner(s.loaded.model, work, "base-timed")
+        result = self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
+                                            threads=self.threads, allocation="rules")
+        self._log(f"searching the ratio of the {s.rules.name} rules plan for a measured {self.speedup:.2f}x on "
+                  f"{self.runtime} {self.device} ({self.threads} threads, imgsz {s.imgsz})")
+        seen = {0.0: 1.0}  # ratio -> measured speed-up
+        best, ratio = None, self.max_ratio  # the largest ratio first: it says whether the target is reachable
+        for i in range(self.max_steps):
+            s.ratio = ratio
+            s.slim()
+            reached, t_base, t_slim = self._time(base_runner, work, f"candidate{i}")
+            seen[ratio] = reached
+            result.steps.append(TargetStep(ratio, ratio, reached, s.report.after["gflops"]))
+            self._log(f"  candidate {i + 1}: ratio {ratio:.2f}, measured {reached:.2f}x ({t_base * 1e3:.2f} -> "
+                      f"{t_slim * 1e3:.2f} ms), {s.report.after['gflops']:.2f} GFLOPs")
+            if best is None or abs(reached / self.speedup - 1) < abs(best[0] / self.speedup - 1):
+                best = (reached, t_base, t_slim, ratio, s.model, s.report)
+            if abs(reached / self.speedup - 1) <= self.tolerance:
+                break
+            if i == 0 and reached < self.speedup:
+                raise UserError(f"target speed-up {self.speedup:.2f}x is out of reach: at ratio {ratio:.2f} (the "
+                                f"largest, --max-ratio) the model measured {reached:.2f}x; ask for at most "
+                                f"{reached:.2f}x or raise max_ratio")
+            lo = max(r for r, v in seen.items() if v < self.speedup)
+            hi = min(r for r, v in seen.items() if v >= self.speedup)
+            if hi - lo <= 0.011:
+                break
+            step = (self.speedup - seen[lo]) / max(seen[hi] - seen[lo], 1e-6) * (hi - lo)
+            ratio = round(min(max(lo + step, lo + 0.01), hi - 0.01), 2)
+            if ratio in seen:
+                ratio = round((lo + hi) / 2, 2)
+        result.reached, result.base_ms, result.slim_ms, result.ratio = best[0], best[1] * 1e3, best[2] * 1e3, best[3]
+        s.ratio, s.model, s.report = best[3], best[4], best[5]
         self._finish()
         return s
 
