@@ -104,12 +104,14 @@ class Sweep:
     def slim_at(self, kind: str, ratio: float, importance: str = "l1", base: Path | None = None) -> Path:
         from yoloprune import LayerPruner, Slimmer
 
-        out = self.cache / "slim" / f"{kind}-{importance}-{ratio:.2f}-{(base or self.base).stem}.pt"
+        src = base or self.base
+        tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:6]  # which base: several are named best.pt
+        out = self.cache / "slim" / f"{kind}-{importance}-{ratio:.2f}-{tag}.pt"
         if not out.exists():
             if kind == "layer":
-                s = LayerPruner(str(base or self.base), ratio=ratio, importance=importance, imgsz=self.args.bench_imgsz)
+                s = LayerPruner(str(src), ratio=ratio, importance=importance, imgsz=self.args.bench_imgsz)
             else:
-                s = Slimmer(str(base or self.base), ratio=ratio, importance=importance,
+                s = Slimmer(str(src), ratio=ratio, importance=importance,
                             rules="none" if kind == "uniform" else "yolo26", round_to=16, imgsz=self.args.bench_imgsz)
             s.save(out)
         return out
