@@ -248,17 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Finished steps are reused on a second run into the same --out.")
     m.add_argument("--out", default="yoloprune-demo", help="output folder (default yoloprune-demo)")
     m.add_argument("--quick", action="store_true",
-                   help="smaller data, fewer epochs, imgsz 160: a few minutes on a 2-core CPU")
+                   help="imgsz 128, fewer epochs: about 6 minutes on a 2-core CPU")
     m.add_argument("--data", help="a data.yaml of your own instead of the synthetic set")
     m.add_argument("--model", default="yolo26n.yaml",
                    help="model YAML to train as the base, or a trained .pt used as it is (default yolo26n.yaml)")
     m.add_argument("--speedup", type=float, help="measured ONNX Runtime speed-up to slim to (default 2.0)")
-    m.add_argument("--base-epochs", type=int, help="base training epochs (default 20; --quick 12)")
-    m.add_argument("--finetune-epochs", type=int, help="fine-tune epochs with distillation (default 10; --quick 4)")
-    m.add_argument("--imgsz", type=int, help="training / validation size (default 256; --quick 160)")
+    m.add_argument("--base-epochs", type=int, help="base training epochs (default 20; --quick 30)")
+    m.add_argument("--finetune-epochs", type=int, help="fine-tune epochs with distillation (default 10; --quick 5)")
+    m.add_argument("--imgsz", type=int, help="training / validation size (default 256; --quick 128)")
     m.add_argument("--deploy-imgsz", type=int, help="export, latency and GFLOPs size (default 640)")
-    m.add_argument("--train", type=int, help="synthetic training images (default 256; --quick 128)")
-    m.add_argument("--val", type=int, help="synthetic validation images (default 64; --quick 32)")
+    m.add_argument("--train", type=int, help="synthetic training images (default 256)")
+    m.add_argument("--val", type=int, help="synthetic validation images (default 64)")
     m.add_argument("--threads", type=int, help="ONNX Runtime threads (default: every core)")
     m.set_defaults(func=cmd_demo)
 

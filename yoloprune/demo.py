@@ -31,7 +31,7 @@ class DemoSettings:
 
 
 DEFAULT = DemoSettings()
-QUICK = DemoSettings(train=128, val=32, imgsz=160, base_epochs=12, finetune_epochs=4)
+QUICK = DemoSettings(imgsz=128, base_epochs=30, finetune_epochs=5)
 
 
 @dataclass
