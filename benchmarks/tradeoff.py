@@ -49,9 +49,10 @@ class State:
         self.data = json.loads(path.read_text()) if path.is_file() else {"points": {}, "measured": {}}
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+        from yoloprune.checkpoint import atomic_write
+
+        text = json.dumps(self.data, indent=2)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
 
 class Sweep:

@@ -53,8 +53,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
                                importance=args.importance, rules=args.rules,
                                round_to=16 if args.round_to is None else args.round_to, imgsz=args.imgsz,
                                runtime=args.runtime, device=args.device, threads=args.threads,
-                               allocation=args.allocation,
-                               max_ratio=args.max_ratio)
+                               allocation=args.allocation, max_ratio=args.max_ratio)
         slimmer = search.search()
         print(search.result.format())
     elif args.method == "layer":
@@ -248,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Finished steps are reused on a second run into the same --out.")
     m.add_argument("--out", default="yoloprune-demo", help="output folder (default yoloprune-demo)")
     m.add_argument("--quick", action="store_true",
-                   help="imgsz 128, fewer epochs: about 6 minutes on a 2-core CPU")
+                   help="imgsz 128, fewer epochs: about 5 minutes on a 2-core CPU")
     m.add_argument("--data", help="a data.yaml of your own instead of the synthetic set")
     m.add_argument("--model", default="yolo26n.yaml",
                    help="model YAML to train as the base, or a trained .pt used as it is (default yolo26n.yaml)")

@@ -1,9 +1,10 @@
 """Slimming to a target: a measured speed-up on the deploy runtime, or a share of the base GFLOPs.
 
-`--target-speedup S`: a per-layer latency table is measured on the runtime (`yoloprune.deploy.latency`), widths are
-allocated greedily to a predicted latency budget (`yoloprune.budget`), the candidate is exported and timed against
-the base, interleaved, and the budget is corrected by the measured error until the measured speed-up is within
-`tolerance` of S. `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
+`--target-speedup S`: every candidate is exported and timed against the base, interleaved, until the measured
+speed-up is within `tolerance` of S. With the `rules` allocation (default) the candidates are the rules plan at a
+searched ratio; with `latency` a per-layer latency table is measured on the runtime (`yoloprune.deploy.latency`),
+widths are allocated greedily to a predicted latency budget (`yoloprune.budget`) and the budget is corrected by the
+measured error. `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
 GFLOPs counter.
 """
 
@@ -132,17 +133,17 @@ class TargetSlimmer:
             print(msg, flush=True)
 
     def search(self) -> Slimmer:
-        s = self.slimmer
-        model = copy.deepcopy(s.loaded.model).float().cpu().eval()
-        rewrite_blocks(model)
-        groups, graph, ties, frozen = s.structure(model)
-        sites = conv_sites(model, groups, graph, s.imgsz)
         work = Path(tempfile.mkdtemp(prefix="yoloprune-target-"))
         try:
+            if self.flops is None and self.allocation == "rules":
+                return self._search_ratio(work)  # the plan's own allocation: no cost model to build
+            s = self.slimmer
+            model = copy.deepcopy(s.loaded.model).float().cpu().eval()
+            rewrite_blocks(model)
+            groups, graph, ties, frozen = s.structure(model)
+            sites = conv_sites(model, groups, graph, s.imgsz)
             if self.flops is not None:
                 return self._search_flops(groups, sites, ties, frozen)
-            if self.allocation == "rules":
-                return self._search_ratio(work)
             return self._search_speed(groups, sites, ties, frozen, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
