@@ -31,7 +31,7 @@ from yoloprune.deploy.bench import bench  # noqa: E402
 from yoloprune.deploy.export import export  # noqa: E402
 from yoloprune.deploy.runtime import onnx_cost  # noqa: E402
 from yoloprune.errors import UserError  # noqa: E402
-from yoloprune.target import TargetSlimmer  # noqa: E402
+from yoloprune.slim.target import TargetSlimmer  # noqa: E402
 
 STRATEGIES = {"uniform": "none", "rules": "yolo26"}
 

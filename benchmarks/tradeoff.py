@@ -163,7 +163,7 @@ class Sweep:
 
         from yoloprune.errors import UserError
         from yoloprune.pipeline import train_run
-        from yoloprune.target import TargetSlimmer
+        from yoloprune.slim.target import TargetSlimmer
 
         a = self.args
         jobs = []

@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from yoloprune import Slimmer
-from yoloprune.budget import CostModel, allocate_budget, conv_sites
+from yoloprune.slim.budget import CostModel, allocate_budget, conv_sites
 from yoloprune.checkpoint import LoadedModel, load_model, save_checkpoint
 from yoloprune.deploy.bench import bench
 from yoloprune.deploy.export import export
 from yoloprune.deploy.latency import module_of
 from yoloprune.deploy.runtime import onnx_cost
 from yoloprune.graph.rewrite import rewrite_blocks
-from yoloprune.target import TargetSlimmer
+from yoloprune.slim.target import TargetSlimmer
 
 pytest.importorskip("onnxruntime")
 
@@ -144,8 +144,64 @@ def test_target_speedup_search_runs(tmp_path, runtime, allocation):
     assert 1 <= len(t.result.steps) <= 2 and slim.report.target["kind"] == "speedup"
     assert slim.report.target["allocation"] == allocation
     assert slim.report.after["params"] < slim.report.before["params"]
-    closest = min((s.reached for s in t.result.steps), key=lambda v: abs(v / 1.3 - 1))
+    timed = [s for s in t.result.steps if not s.uncut]
+    closest = min((s.reached for s in timed), key=lambda v: abs(v / 1.3 - 1))
     assert t.result.reached == pytest.approx(closest)  # the candidate kept is the one nearest the target
+    assert t.result.p10 <= t.result.reached <= t.result.p90 and 3 <= t.result.rounds <= 12
+    assert "p10-p90" in t.result.format()
+
+
+class ScriptedTarget(TargetSlimmer):
+    """The search with scripted timings instead of measured ones: a candidate runs in (its GFLOPs share) ** 0.8 of
+    the base's time, times seeded noise of +-`noise`. No export, no clock: the outcome depends on the logic alone."""
+
+    def __init__(self, *a, noise=0.0, ratio_of=None, **kw):
+        super().__init__(*a, **kw)
+        self.noise, self.ratio_of, self.rng = noise, ratio_of, __import__("numpy").random.default_rng(0)
+
+    def _runner(self, model, work, name):
+        return model
+
+    def _profile(self, model, work, name):
+        from yoloprune.deploy.latency import stock_widths
+
+        widths = stock_widths(model)
+        return widths, {n: 1e-4 * cin * cout for n, (cin, cout) in widths.items()}  # a table priced in MACs
+
+    def _rounds(self, base_runner, runner, warmup):
+        r = self.slimmer.report
+        share = r.after["gflops"] / r.before["gflops"]
+        ratio = self.ratio_of(share) if self.ratio_of else 1 / share ** 0.8
+        noisy = ratio * (1 + self.noise * (2 * self.rng.random(self.runs) - 1))
+        return [1.0] * self.runs, list(1 / noisy)
+
+
+def test_target_search_never_returns_the_uncut_model():
+    """Every cut measures far faster than asked: the search corrects its budget upwards, which once gave the whole
+    base back as a candidate (noise then read it as 1.23x). The uncut widths are never timed nor kept."""
+    t = ScriptedTarget("yolo26n.yaml", speedup=1.05, imgsz=96, threads=1, runs=5, max_steps=4, progress=False,
+                       allocation="latency", ratio_of=lambda share: 1.0 if share > 0.999 else 1.6)
+    slim = t.search()
+    print(t.result.format())
+    assert slim.report.after["params"] < slim.report.before["params"]
+    assert all(s.reached == pytest.approx(1.6) for s in t.result.steps if not s.uncut)
+    assert t.result.reached == pytest.approx(1.6) and not t.result.met and "not reached" in t.result.format()
+
+
+def test_target_search_times_more_rounds_when_noise_hides_the_target():
+    """Per-round noise of +-60 %: the median cannot tell the candidate from the target, so the search times up to
+    four times the rounds before deciding, does not call the target out of reach on noise, and says that the target
+    is not resolved."""
+    t = ScriptedTarget("yolo26n.yaml", speedup=1.5, imgsz=96, runs=10, max_steps=1, progress=False, noise=0.6,
+                       ratio_of=lambda share: 1.5)
+    t.search()
+    print(t.result.format())
+    assert t.result.rounds == 40 and not t.result.resolved and t.result.resolution > 0.03 * 1.5
+    assert "not resolved" in t.result.format()
+    quiet = ScriptedTarget("yolo26n.yaml", speedup=1.5, imgsz=96, runs=10, max_steps=3, progress=False, noise=0.01,
+                           ratio_of=lambda share: 1.5)
+    quiet.search()
+    assert quiet.result.rounds == 10 and quiet.result.resolved and len(quiet.result.steps) == 1
 
 
 def _spread_scores(model):

@@ -10,7 +10,7 @@ from torch import nn
 from ultralytics.nn.modules import Conv
 
 from conftest import max_abs_diff
-from yoloprune.depth import LayerPruner, find_units, remove_units
+from yoloprune.slim.depth import LayerPruner, find_units, remove_units
 
 YAMLS = ["yolo26n.yaml", "yolo26s.yaml", "yolov8s.yaml", "yolo11n-seg.yaml", "yolo26n-pose.yaml", "yolo26n-cls.yaml",
          "yolo26l.yaml"]

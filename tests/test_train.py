@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from yoloprune.data import make_dataset
-from yoloprune.report import layer_widths
+from yoloprune.slim.report import layer_widths
 from yoloprune.train import train, trainer_for
 
 from conftest import FAST, Killed, kill_after, save_model, small_model

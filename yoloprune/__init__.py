@@ -10,13 +10,13 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Slimmer": "slimmer",
-    "SlimReport": "report",
+    "Slimmer": "slim.slimmer",
+    "SlimReport": "slim.report",
     "UserError": "errors",
     "ChannelPruner": "compat",
     "prune_model": "compat",
     "load_rules": "shortcut_rules",
-    "LayerPruner": "depth",
+    "LayerPruner": "slim.depth",
     "L1Regularizer": "train.regularize",
     "StructuredL1Regularizer": "train.regularize",
     "get_sparsity": "train.regularize",

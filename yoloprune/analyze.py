@@ -41,7 +41,7 @@ def analyze(model, threshold: float = 1e-3, rules="yolo26") -> dict:
                                   key=lambda r: -r["sparsity"])[:10],
     }
     try:
-        from .slimmer import Slimmer
+        from .slim.slimmer import Slimmer
 
         groups = Slimmer(loaded.model, ratio=0.5, rules=rules).groups()
         kinds = {}

@@ -32,7 +32,7 @@ def _ratio(args: argparse.Namespace) -> float:
 def cmd_slim(args: argparse.Namespace) -> int:
     from .checkpoint import check_writable
     from .errors import UserError
-    from .slimmer import Slimmer
+    from .slim.slimmer import Slimmer
 
     out = Path(args.output) if args.output else _default_output(args.model)
     if not args.dry_run:  # every output is checked before any work, so a bad path costs nothing
@@ -44,25 +44,32 @@ def cmd_slim(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(Path(args.json))
     targeted = args.target_speedup is not None or args.target_flops is not None
+    calib = {"data": args.data, "calib_images": args.calib_images, "calib_imgsz": args.calib_imgsz,
+             "recalibrate": not args.no_recalibrate}
+    if args.data is None and args.method == "channel":
+        print("note: without --data, BatchNorm statistics are not recalibrated after the cut, channels are scored by "
+              "their weights alone and no mAP is measured; pass --data data.yaml for all three")
     if targeted and (args.method != "channel" or args.ratio is not None):
         raise UserError("--target-speedup/--target-flops choose the widths themselves: drop --ratio and --method layer")
     if targeted:
-        from .target import TargetSlimmer
+        from .slim.target import TargetSlimmer
 
         search = TargetSlimmer(args.model, speedup=args.target_speedup, flops=args.target_flops,
                                importance=args.importance, rules=args.rules,
                                round_to=16 if args.round_to is None else args.round_to, imgsz=args.imgsz,
                                runtime=args.runtime, device=args.device, threads=args.threads,
-                               allocation=args.allocation, max_ratio=args.max_ratio)
+                               allocation=args.allocation, max_ratio=args.max_ratio, **calib)
         slimmer = search.search()
         print(search.result.format())
     elif args.method == "layer":
-        from .depth import LayerPruner
+        from .slim.depth import LayerPruner
 
+        if args.data:
+            raise UserError("--data calibrates channel slimming; --method layer removes whole blocks without it")
         slimmer = LayerPruner(args.model, ratio=_ratio(args), importance=args.importance, imgsz=args.imgsz)
     elif args.method == "channel":
         slimmer = Slimmer(args.model, ratio=_ratio(args), importance=args.importance, rules=args.rules,
-                          round_to=8 if args.round_to is None else args.round_to, imgsz=args.imgsz)
+                          round_to=8 if args.round_to is None else args.round_to, imgsz=args.imgsz, **calib)
     else:
         raise UserError(f"method '{args.method}' is unknown; use channel or layer")
     if targeted:
@@ -72,6 +79,11 @@ def cmd_slim(args: argparse.Namespace) -> int:
     else:
         slimmer.slim()
         report = slimmer.report
+    if args.data and not args.dry_run:
+        from .slim.validation import validate_cut
+
+        print("validating base and slim model on the validation split (Ultralytics' validator)")
+        validate_cut(slimmer, args.data)
     print(report.format(layers=args.layers) if args.method == "channel" else report.format())
     if args.json:
         _write_json(args.json, report.to_dict())
@@ -175,7 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("slim", help="physically slim a model into a smaller Ultralytics checkpoint")
     s.add_argument("model", help="a .pt checkpoint or an Ultralytics model YAML (name or path), e.g. yolo26n.yaml")
     s.add_argument("--ratio", type=float, help="share of channels to remove, in (0, 1) (default 0.3)")
-    s.add_argument("--importance", default="l1", help="channel scorer: l1, l2, bn, lamp or random (default l1)")
+    s.add_argument("--importance",
+                   help="channel scorer: l1, l2, bn, lamp, random, or with --data taylor / fisher (detection-loss "
+                        "gradients on calibration images). Default: taylor with --data, else l1")
+    s.add_argument("--data", help="data.yaml: calibration images from its train split (BatchNorm recalibration, "
+                                  "data-aware scoring) and mAP of base and slim on its val split right after the cut")
+    s.add_argument("--calib-images", type=int, default=256,
+                   help="calibration images drawn (fixed seed, no augmentation) from the train split (default 256)")
+    s.add_argument("--calib-imgsz", type=int,
+                   help="calibration and validation size (default: the size the checkpoint was trained at, else --imgsz)")
+    s.add_argument("--no-recalibrate", action="store_true",
+                   help="with --data: keep the carried-over BatchNorm statistics (default: recalibrate, kept where "
+                        "the held-back calibration loss falls)")
     s.add_argument("--rules", default="yolo26", help="shortcut rules: yolo26, none or a rules YAML path (default yolo26)")
     s.add_argument("--round-to", type=int,
                    help="kept widths are multiples of this (default 8; 16 with a target: the CPU kernels' block)")

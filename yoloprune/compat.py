@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .report import SlimReport
-from .slimmer import Slimmer
+from .slim.report import SlimReport
+from .slim.slimmer import Slimmer
 
 
 def _rules(preserve_shortcuts: bool, config_file):

@@ -119,7 +119,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     from .data import make_dataset
     from .deploy.bench import bench
     from .deploy.export import export
-    from .target import TargetSlimmer
+    from .slim.target import TargetSlimmer
 
     s = replace(settings, **overrides)
     check_settings(s)

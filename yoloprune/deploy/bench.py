@@ -149,7 +149,7 @@ def _load(model):
 def _torch_cost(model, imgsz: int) -> tuple[int, float]:
     import copy
 
-    from ..report import model_stats
+    from ..slim.report import model_stats
 
     m = copy.deepcopy(model).float().eval()
     stats = model_stats(m.fuse() if hasattr(m, "fuse") else m, imgsz)

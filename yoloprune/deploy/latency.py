@@ -5,7 +5,7 @@ profiler, or timing hooks on PyTorch modules). Each operator is attributed to a 
 convolution and its activation), to the rest of its top-level layer, or to the global rest (layout changes between
 layers). Each convolution's times at its four widths fit `a * cin * cout + b * (cin + cout) + c` (non-negative least
 squares, in units of its base widths); each layer rest fits `d * f + e` against the layer's output activations. The
-result, a `yoloprune.budget.CostModel` in milliseconds, prices any candidate widths without building them.
+result, a `yoloprune.slim.budget.CostModel` in milliseconds, prices any candidate widths without building them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from ..budget import ConvSite, CostModel, layer_of
+from ..slim.budget import ConvSite, CostModel, layer_of
 
 CALIBRATION_RATIOS = (0.25, 0.5, 0.7)
 
@@ -149,7 +149,7 @@ def fit_cost_model(sites: dict[str, ConvSite], samples: list[tuple[dict[str, tup
     """Fit the per-convolution and per-layer costs to profiled samples.
 
     Args:
-        sites: stock convolutions of the base model (`yoloprune.budget.conv_sites`).
+        sites: stock convolutions of the base model (`yoloprune.slim.budget.conv_sites`).
         samples: per profiled model, its `{conv name: (cin, cout)}` and its attributed times (`attribute`).
     """
     model = CostModel(sites, {}, {}, "ms")

@@ -47,14 +47,23 @@ class PruningConfig:
     pruning: bool = field(default=False, metadata=_meta("physically slim the model during training"))
     pruning_ratio: float = field(default=0.3, metadata=_meta("share of channels (or repeated blocks) to remove"))
     pruning_method: str = field(default="channel", metadata=_meta("channel (narrower layers) or layer (fewer blocks)"))
-    importance_metric: str = field(default="l1", metadata=_meta("scorer: l1, l2, bn, lamp or random"))
+    importance_metric: str = field(default="l1", metadata=_meta(
+        "scorer: l1, l2, bn, lamp, random, or on the detection loss over calibration images taylor or fisher"))
     prune_at_epoch: int = field(default=50, metadata=_meta("epoch at whose start the model is slimmed (0: before training)"))
     preserve_shortcuts: bool = field(default=True, metadata=_meta("apply shortcut rules (False: uniform ratio)"))
     shortcut_rules: str = field(default="yolo26", metadata=_meta("rules file: yolo26 or a YAML path"))
     round_to: int = field(default=8, metadata=_meta("kept channel counts are multiples of this"))
+    recalibrate_bn: bool = field(default=True, metadata=_meta(
+        "re-estimate BatchNorm statistics of the cut model and its EMA on calibration images (kept where the "
+        "held-back calibration loss falls)"))
+    calib_images: int = field(default=256, metadata=_meta(
+        "calibration images drawn (fixed seed, no augmentation) from the training split"))
 
     def validate(self, epochs: int | None = None) -> None:
         from ..importance import IMPORTANCES
+        from ..importance.data_aware import DATA_AWARE
+
+        IMPORTANCES = [*IMPORTANCES, *DATA_AWARE]
 
         if not 0 < self.pruning_ratio < 1:
             raise UserError(f"pruning_ratio={self.pruning_ratio!r} is outside (0, 1): pass the share to remove, e.g. 0.3")
@@ -66,6 +75,11 @@ class PruningConfig:
                             f"{close_match(self.importance_metric, IMPORTANCES)}; use one of {', '.join(IMPORTANCES)}")
         if self.round_to < 1:
             raise UserError(f"round_to={self.round_to!r} must be >= 1 (e.g. 8)")
+        if self.importance_metric in DATA_AWARE and self.pruning_method == "layer":
+            raise UserError(f"importance_metric '{self.importance_metric}' scores channels; layer pruning takes l1, "
+                            "l2, bn, lamp or random")
+        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
+            raise UserError(f"calib_images={self.calib_images!r} must be a whole number >= 1 (e.g. 256)")
         if self.pruning:
             if self.prune_at_epoch < 0:
                 raise UserError(f"prune_at_epoch={self.prune_at_epoch} must be >= 0 (0 prunes before the first epoch)")

@@ -14,25 +14,33 @@ from torch import nn, optim
 from ultralytics.utils import LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
+from ..importance.data_aware import DATA_AWARE
 from . import distill_hooks
 
 
-def _pruner(trainer, model: nn.Module):
+def _pruner(trainer, model: nn.Module, calibrate: bool = True):
     cfg = trainer.compression.pruning
     imgsz = int(trainer.args.imgsz if isinstance(trainer.args.imgsz, int) else max(trainer.args.imgsz))
     if cfg.pruning_method == "layer":
-        from ..depth import LayerPruner
+        from ..slim.depth import LayerPruner
 
         return LayerPruner(model, ratio=cfg.pruning_ratio, importance=cfg.importance_metric, imgsz=imgsz)
-    from ..slimmer import Slimmer
+    from ..slim.slimmer import Slimmer
 
-    return Slimmer(model, ratio=cfg.pruning_ratio, importance=cfg.importance_metric, rules=cfg.rules,
-                   round_to=cfg.round_to, imgsz=imgsz)
+    data = None  # planning needs no data: the widths do not depend on the scorer
+    if calibrate and (cfg.recalibrate_bn or cfg.importance_metric in DATA_AWARE) and trainer.args.task != "classify":
+        from ..calibrate import load_calibration
+
+        # the trainer's own data, unaugmented: a fixed sample of its training split at the training size
+        data = load_calibration(trainer.data, imgsz, cfg.calib_images, trainer.args.task, seed=0)
+    importance = cfg.importance_metric if data is not None or cfg.importance_metric not in DATA_AWARE else "l1"
+    return Slimmer(model, ratio=cfg.pruning_ratio, importance=importance, rules=cfg.rules, round_to=cfg.round_to,
+                   imgsz=imgsz, data=data, recalibrate=cfg.recalibrate_bn)
 
 
 def validate_prunable(trainer) -> None:
     """Before training: fail now (not at `prune_at_epoch`) if the model cannot be pruned; log the planned cut."""
-    report = _pruner(trainer, unwrap_model(trainer.model)).plan()
+    report = _pruner(trainer, unwrap_model(trainer.model), calibrate=False).plan()
     b, a = report.to_dict()["before"], report.to_dict()["after"]
     if RANK in {-1, 0}:
         cfg = trainer.compression.pruning
@@ -46,11 +54,14 @@ def prune_in_training(trainer) -> None:
     _sync_buffers(trainer, old)
     distill_hooks.detach(old)  # cut the student with its stock criterion; the distiller is re-attached below
     pruner = _pruner(trainer, old)
-    slim = pruner.slim().to(trainer.device)
+    slim = pruner.slim().to(trainer.device)  # recalibrated on the calibration sample when there is one
     slim.train(old.training)
     for name, p in slim.named_parameters():  # frozen layers stay frozen
         p.requires_grad_(p.dtype.is_floating_point and not any(f in name for f in trainer.freeze_layer_names))
-    ema_slim = pruner.cut_like(trainer.ema.ema).to(trainer.device) if trainer.ema else None
+    ema_slim = pruner.cut_like(trainer.ema.ema).to(trainer.device) if trainer.ema else None  # recalibrated alike
+    _sync_buffers(trainer, slim)  # every rank keeps rank 0's recalibrated statistics
+    if ema_slim is not None:
+        _sync_buffers(trainer, ema_slim)
 
     old_groups = trainer.optimizer.param_groups
     trainer.optimizer = rebuild_optimizer(trainer, slim)

@@ -9,18 +9,25 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from ultralytics.nn.tasks import guess_model_task
 
+from ..calibrate.bn import Recalibration, recalibrate
+from ..calibrate.data import DEFAULT_IMAGES, Calibration, calibration_size, load_calibration
+from ..importance.data_aware import DATA_AWARE, gradient_scores
 from .allocate import Allocation, allocate
-from .checkpoint import LoadedModel, load_model, save_checkpoint
-from .errors import UserError, check_whole
-from .graph.groups import CoupledGroup, coupled_groups
-from .graph.heads import head_handler
-from .graph.rewrite import SplitBlock, fold_blocks, rewrite_blocks
-from .graph.support import unsupported_layers
-from .graph.trace import build_graph, fixed_layers, max_stride
-from .importance import IMPORTANCES, get_importance, row_scorer
+from ..checkpoint import LoadedModel, load_model, save_checkpoint
+from ..errors import UserError, check_whole
+from ..graph.groups import CoupledGroup, coupled_groups
+from ..graph.heads import head_handler
+from ..graph.rewrite import SplitBlock, fold_blocks, rewrite_blocks
+from ..graph.support import unsupported_layers
+from ..graph.trace import build_graph, fixed_layers, max_stride
+from ..importance import IMPORTANCES, get_importance, row_scorer
 from .report import SlimReport, layer_widths, model_stats, stage_widths
-from .shortcut_rules import ShortcutRules, load_rules
+from ..shortcut_rules import ShortcutRules, load_rules
+
+
+DEFAULT_WITH_DATA = "taylor"  # the scorer used when calibration data is given (measured: README, calibration)
 
 
 def check_ratio(ratio) -> float:
@@ -37,10 +44,18 @@ class Slimmer:
         model: a `.pt` checkpoint path, a model YAML name/path (`yolo26n.yaml`), a `YOLO` object or a YOLO `BaseModel`.
             The given model is never modified.
         ratio: share of channels to remove, in (0, 1), before shortcut multipliers.
-        importance: channel scorer: `l1`, `l2`, `bn` (BatchNorm |gamma|), `lamp` or `random`.
+        importance: channel scorer: `l1`, `l2`, `bn` (BatchNorm |gamma|), `lamp`, `random`, or with data `taylor`
+            (first-order Taylor on the detection loss) and `fisher` (diagonal Fisher / OBD saliency). Default: the
+            data-aware default (`DEFAULT_WITH_DATA`) when `data` is given, else `l1`.
         rules: shortcut rules: `yolo26` (built-in), `none` (uniform) or the path of a rules YAML.
         round_to: kept widths are multiples of this (hardware-friendly channel counts).
         imgsz: image size at which GFLOPs are reported.
+        data: calibration data: a `data.yaml` path or a `yoloprune.calibrate.Calibration`. With it, channels may be
+            scored on the detection loss and every cut gets its BatchNorm statistics recalibrated (kept only where
+            the held-back calibration loss falls).
+        calib_images: calibration images drawn from the training split (with `data` as a path).
+        calib_imgsz: calibration size (default: the size the checkpoint was trained at, else `imgsz`).
+        recalibrate: recalibrate BatchNorm after the cut when data is given (default True).
 
     Example:
         >>> s = Slimmer("yolo26n.yaml", ratio=0.3)
@@ -49,16 +64,31 @@ class Slimmer:
         >>> s.save("yolo26n-slim.pt")
     """
 
-    def __init__(self, model, ratio: float = 0.3, importance: str = "l1", rules="yolo26", round_to: int = 8, imgsz: int = 640):
+    def __init__(self, model, ratio: float = 0.3, importance: str | None = None, rules="yolo26", round_to: int = 8,
+                 imgsz: int = 640, data=None, calib_images: int = DEFAULT_IMAGES, calib_imgsz: int | None = None,
+                 recalibrate: bool = True):
         self.ratio = check_ratio(ratio)
-        if importance not in IMPORTANCES:
+        importance = importance or (DEFAULT_WITH_DATA if data is not None else "l1")
+        if importance not in IMPORTANCES and importance not in DATA_AWARE:
             get_importance(importance)  # raises the user error with the close match
+        if importance in DATA_AWARE and data is None:
+            raise UserError(f"importance '{importance}' scores channels on the detection loss: pass calibration data "
+                            "(--data data.yaml), or choose l1, l2, bn, lamp or random")
         self.importance = importance
         self.rules: ShortcutRules = load_rules(rules)
         check_whole("round_to", round_to, 1, "8")
         check_whole("imgsz", imgsz, 32, "640")
         self.round_to, self.imgsz = round_to, imgsz
         self.loaded: LoadedModel = load_model(model)
+        self.recalibrate = bool(recalibrate)
+        self.calibration: Calibration | None = None
+        if isinstance(data, Calibration):
+            self.calibration = data
+        elif data is not None:
+            task = getattr(self.loaded.model, "task", None) or guess_model_task(self.loaded.model)
+            size = calib_imgsz or calibration_size(self.loaded, imgsz)
+            self.calibration = load_calibration(data, size, calib_images, task)
+        self._scores: dict[str, torch.Tensor] | None = None  # data-aware scores by group root name (uncut model)
         if head_handler(self.loaded.model.model[-1]) is None:
             head = type(self.loaded.model.model[-1]).__name__
             raise UserError(f"'{self.loaded.source}' has a {head} head, which yoloprune does not support; supported: "
@@ -71,6 +101,8 @@ class Slimmer:
         self.report: SlimReport | None = None
         self._cuts: dict[str, list[int]] = {}  # root layer name -> removed channels, of the last cut
         self._attention_rows: dict = {}
+        self.recalibration: Recalibration | None = None  # what recalibrating the last cut did
+        self.carried: nn.Module | None = None  # the last cut with its carried-over BatchNorm statistics
 
     def groups(self) -> list[CoupledGroup]:
         """Analysis only: the coupled groups of the model, classified by shortcut kind, with their planned widths."""
@@ -115,6 +147,8 @@ class Slimmer:
         for name, idxs in self._cuts.items():
             groups[name].tp_group.prune(idxs=idxs)
         fold_blocks(model)
+        if self.calibration is not None and self.recalibrate:
+            recalibrate(model, self.calibration)
         return model.train(was_training)
 
     def _run(self) -> tuple[nn.Module, SlimReport]:
@@ -125,7 +159,7 @@ class Slimmer:
         before = model_stats(model, self.imgsz), layer_widths(model), stage_widths(model)
         rewrite_blocks(model)
         groups, plan, graph = self._allocate(model)
-        scorer = get_importance(self.importance)
+        scorer = self._scorer(model, graph, groups)
         cuts = {}  # every group is scored on the uncut model, then cut
         for g in groups:
             drop = g.width - plan[g.index].keep
@@ -138,15 +172,32 @@ class Slimmer:
         self._cuts = {g.root_name: cuts[g.index] for g in groups if g.index in cuts}
         self._attention_rows = graph.attention.decisions
         fold_blocks(model)
+        self.recalibration = self.carried = None
+        if self.calibration is not None and self.recalibrate and cuts:
+            self.carried = copy.deepcopy(model).train(was_training)
+            self.recalibration = recalibrate(model, self.calibration)
         model.train(was_training)
         after = model_stats(model, self.imgsz), layer_widths(model), stage_widths(model)
         report = SlimReport.build(self, groups, plan, before, after, time.perf_counter() - t0)
+        if self.recalibration is not None:
+            report.recalibration = self.recalibration.to_dict()
         return model, report
+
+    def _scorer(self, model: nn.Module, graph, groups: list[CoupledGroup]):
+        """The group scorer; a data-aware one reads scores computed once, on the first (uncut) model traced."""
+        if self.importance not in DATA_AWARE:
+            return get_importance(self.importance)
+        if self._scores is None:
+            scores = gradient_scores(model, graph, groups, self.calibration.fit)
+            by_index = {g.index: g.root_name for g in groups}
+            self._scores = {name: {by_index[i]: v for i, v in per.items()} for name, per in scores.items()}
+        mine = self._scores[self.importance]
+        return lambda group, root_name: mine[root_name]
 
     def _allocate(self, model: nn.Module) -> tuple[list[CoupledGroup], dict[int, Allocation], object]:
         groups, graph, ties, frozen = self.structure(model)
         plan = allocate(groups, self.ratio, self.rules, self.round_to, ties, frozen)
-        if self.widths is not None:  # a budget search chose the widths (see `yoloprune.budget`)
+        if self.widths is not None:  # a budget search chose the widths (see `yoloprune.slim.budget`)
             for g in groups:
                 keep = self.widths.get(g.root_name, g.width)
                 plan[g.index] = Allocation(keep=keep, ratio=1 - keep / g.width)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .graph.groups import CoupledGroup
-from .shortcut_rules import ShortcutRules
+from ..graph.groups import CoupledGroup
+from ..shortcut_rules import ShortcutRules
 
 
 @dataclass

@@ -3,7 +3,7 @@
 `--target-speedup S`: every candidate is exported and timed against the base, interleaved, until the measured
 speed-up is within `tolerance` of S. With the `rules` allocation (default) the candidates are the rules plan at a
 searched ratio; with `latency` a per-layer latency table is measured on the runtime (`yoloprune.deploy.latency`),
-widths are allocated greedily to a predicted latency budget (`yoloprune.budget`) and the budget is corrected by the
+widths are allocated greedily to a predicted latency budget (`yoloprune.slim.budget`) and the budget is corrected by the
 measured error. `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
 GFLOPs counter.
 """
@@ -19,13 +19,35 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibrate.data import DEFAULT_IMAGES
 from .budget import CostModel, allocate_budget, conv_sites
-from .errors import UserError
-from .graph.rewrite import rewrite_blocks
+from ..errors import UserError
+from ..graph.rewrite import rewrite_blocks
 from .slimmer import Slimmer
 
 
 ALLOCATIONS = ("rules", "latency")
+
+
+@dataclass
+class Timing:
+    """A candidate timed against the base, interleaved: the median of per-round speed-ups and their spread."""
+
+    speedup: float  # median of the per-round ratios base / slim
+    p10: float  # 10th and 90th percentiles of the per-round ratios
+    p90: float
+    base_s: float  # median seconds per run
+    slim_s: float
+    rounds: int
+
+    @property
+    def resolution(self) -> float:
+        """How far the median may be off: about two standard errors of a median of `rounds` noisy ratios."""
+        return (self.p90 - self.p10) / math.sqrt(max(self.rounds, 1))
+
+    def format(self) -> str:
+        return (f"{self.speedup:.2f}x (p10-p90 {self.p10:.2f}-{self.p90:.2f}, {self.rounds} rounds; "
+                f"{self.base_s * 1e3:.2f} -> {self.slim_s * 1e3:.2f} ms)")
 
 
 @dataclass
@@ -36,6 +58,10 @@ class TargetStep:
     predicted: float  # predicted cost of the widths it chose
     reached: float  # measured speed-up, or kept share of base GFLOPs
     gflops: float
+    p10: float | None = None  # spread of the per-round speed-ups
+    p90: float | None = None
+    rounds: int = 0
+    uncut: bool = False  # the widths equal the base's: never timed, never a result
 
 
 @dataclass
@@ -51,13 +77,29 @@ class TargetResult:
     ratio: float | None = None  # the ratio found by the `rules` allocation
     base_ms: float | None = None
     slim_ms: float | None = None
+    p10: float | None = None  # spread (10th-90th percentile) of the kept candidate's per-round speed-ups
+    p90: float | None = None
+    rounds: int = 0
+    tolerance: float = 0.0
+    resolution: float = 0.0  # how far the kept median may be off (see `Timing.resolution`)
+    met: bool = False  # the median is within the tolerance of the target
+    resolved: bool = False  # ... and the timing spread is narrow enough to say so
 
     def format(self) -> str:
         if self.kind == "speedup":
-            return (f"target speed-up {self.target:.2f}x on {self.runtime} {self.device} ({self.threads} threads): "
-                    f"measured {self.reached:.2f}x ({self.base_ms:.2f} -> {self.slim_ms:.2f} ms) after "
+            line = (f"target speed-up {self.target:.2f}x on {self.runtime} {self.device} ({self.threads} threads): "
+                    f"measured {self.reached:.2f}x (p10-p90 of per-round ratios {self.p10:.2f}-{self.p90:.2f}, "
+                    f"{self.rounds} rounds; {self.base_ms:.2f} -> {self.slim_ms:.2f} ms) after "
                     f"{len(self.steps)} candidate(s), {self.allocation} allocation"
                     + (f" at ratio {self.ratio:.2f}" if self.ratio is not None else ""))
+            if not self.resolved and self.resolution > self.tolerance * self.target:
+                line += (f"\nnot resolved: the median speed-up is only known to +-{self.resolution:.2f}x on this "
+                         f"machine (wider than the {self.tolerance:.0%} tolerance), so no claim is made that the target "
+                         "is met; time with more runs on a quieter machine")
+            elif not self.met:
+                line += (f"\nnot reached: the closest candidate is {abs(self.reached / self.target - 1):.0%} from the "
+                         f"target (tolerance {self.tolerance:.0%}); allow more candidates or another target")
+            return line
         return (f"target GFLOPs {self.target:.0%} of base: reached {self.reached:.1%} after {len(self.steps)} "
                 f"candidate(s)")
 
@@ -88,6 +130,8 @@ class TargetSlimmer:
             (benchmarks/tradeoff.py): `latency` runs faster per MAC removed but thins the downsampling convolutions
             and keeps much less mAP after fine-tuning at the same speed-up; `rules` keeps the most.
         importance, rules: as for `Slimmer` (rules weigh how much each group may lose).
+        data, calib_images, calib_imgsz, recalibrate: calibration, as for `Slimmer`: the scores are computed once on
+            the uncut model, every candidate's BatchNorm statistics are recalibrated.
         round_to: kept widths are multiples of this (16: the channel block of ONNX Runtime's AVX-512 kernels and
             a multiple of GPU tensor-core tiles).
         imgsz: deploy image size: latency and GFLOPs are measured there.
@@ -103,16 +147,17 @@ class TargetSlimmer:
         >>> print(t.result.format()); slimmer.save("yolo26n-2x.pt")
     """
 
-    def __init__(self, model, speedup: float | None = None, flops: float | None = None, importance: str = "l1",
+    def __init__(self, model, speedup: float | None = None, flops: float | None = None, importance: str | None = None,
                  rules="yolo26", round_to: int = 16, imgsz: int = 640, runtime: str = "onnxruntime",
                  device: str = "cpu", threads: int | None = None, max_ratio: float = 0.75, tolerance: float = 0.03,
-                 max_steps: int = 6, runs: int = 50, progress: bool = True, allocation: str = "rules"):
-        from .deploy.bench import check_timing_args
-        from .deploy.runtime import default_threads
+                 max_steps: int = 6, runs: int = 50, progress: bool = True, allocation: str = "rules", data=None,
+                 calib_images: int = DEFAULT_IMAGES, calib_imgsz: int | None = None, recalibrate: bool = True):
+        from ..deploy.bench import check_timing_args
+        from ..deploy.runtime import default_threads
 
         check_target(speedup, flops)
         if allocation not in ALLOCATIONS:
-            from .errors import close_match
+            from ..errors import close_match
 
             raise UserError(f"allocation '{allocation}' is unknown{close_match(allocation, ALLOCATIONS)}; "
                             f"use {' or '.join(ALLOCATIONS)}")
@@ -120,7 +165,8 @@ class TargetSlimmer:
         check_timing_args(runtime, device, imgsz, 1, threads, 0, runs)
         if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
             raise UserError(f"max_ratio {max_ratio!r} must be in (0, 1): the most of a group's channels one cut removes")
-        self.slimmer = Slimmer(model, ratio=0.5, importance=importance, rules=rules, round_to=round_to, imgsz=imgsz)
+        self.slimmer = Slimmer(model, ratio=0.5, importance=importance, rules=rules, round_to=round_to, imgsz=imgsz,
+                               data=data, calib_images=calib_images, calib_imgsz=calib_imgsz, recalibrate=recalibrate)
         self.speedup, self.flops = speedup, flops
         self.runtime, self.device, self.threads = runtime, device, threads or default_threads()
         self.max_ratio, self.tolerance, self.max_steps, self.runs = max_ratio, tolerance, max_steps, runs
@@ -177,15 +223,15 @@ class TargetSlimmer:
         return s
 
     def _search_speed(self, groups, sites, ties, frozen, work: Path) -> Slimmer:
-        from .deploy.latency import CALIBRATION_RATIOS, fit_cost_model
+        from ..deploy.latency import CALIBRATION_RATIOS, fit_cost_model
 
         s = self.slimmer
         self._log(f"measuring a per-layer latency table on {self.runtime} {self.device} ({self.threads} threads, "
                   f"imgsz {s.imgsz}): base + {len(CALIBRATION_RATIOS)} uniform slims")
         samples = [self._profile(s.loaded.model, work, "base")]  # profiling: 30 runs per model
         for r in CALIBRATION_RATIOS:
-            uni = Slimmer(s.loaded.model, ratio=r, importance=s.importance, rules="none", round_to=s.round_to,
-                          imgsz=s.imgsz).slim()
+            uni = Slimmer(s.loaded.model, ratio=r, importance="l1", rules="none", round_to=s.round_to,
+                          imgsz=s.imgsz).slim()  # profiled for its widths: any scorer gives the same timings
             samples.append(self._profile(uni, work, f"uniform{r}"))
         cost = self.cost = fit_cost_model(sites, samples)
         base_runner = self._runner(s.loaded.model, work, "base-timed")
@@ -196,31 +242,82 @@ class TargetSlimmer:
         best = None
         for i in range(self.max_steps):
             predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
-            reached, t_base, t_slim = self._time(base_runner, work, f"candidate{i}")  # per-round ratios
-            result.steps.append(TargetStep(budget, predicted, reached, s.report.after["gflops"]))
-            self._log(f"  candidate {i + 1}: predicted {predicted_base / predicted:.2f}x, measured {reached:.2f}x "
-                      f"({t_base * 1e3:.2f} -> {t_slim * 1e3:.2f} ms), {s.report.after['gflops']:.2f} GFLOPs")
-            if best is None or abs(reached / self.speedup - 1) < abs(best[0] / self.speedup - 1):
-                best = (reached, float(t_base), float(t_slim), dict(s.widths), s.model, s.report)
-            if abs(reached / self.speedup - 1) <= self.tolerance:
+            timing = self._time(base_runner, work, f"candidate{i}")
+            self._record(f"predicted {predicted_base / predicted:.2f}x, ", budget, predicted, timing)
+            if timing is not None and (best is None or self._closer(timing, best[0])):
+                best = (timing, dict(s.widths), s.model, s.report)
+            if timing is not None and self._met(timing):
                 break
-            if not fits and reached < self.speedup:
+            reached = 1.0 if timing is None else timing.speedup
+            if not fits and reached + (0 if timing is None else timing.resolution) < self.speedup:
                 raise UserError(f"target speed-up {self.speedup:.2f}x is out of reach: with at most "
                                 f"{self.max_ratio:.0%} of each group cut, the fastest model measured {reached:.2f}x; "
                                 f"ask for at most {reached:.2f}x or raise max_ratio")
-            budget *= reached / self.speedup  # too slow: ask for less predicted time; too fast: allow more
-        result.reached, result.base_ms, result.slim_ms = best[0], best[1] * 1e3, best[2] * 1e3
-        s.widths, s.model, s.report = best[3], best[4], best[5]
-        self._finish()
+            # too slow: ask for less predicted time; too fast: allow more, but never the whole base again
+            budget = min(budget * reached / self.speedup, predicted_base * (1 - 1e-3))
+        if best is None:
+            raise UserError("no candidate cut the model: every group is at its floor; lower round_to or max_ratio")
+        s.widths, s.model, s.report = best[1], best[2], best[3]
+        self._keep(best[0])
         return s
 
-    def _time(self, base_runner, work: Path, name: str) -> tuple[float, float, float]:
-        """Time the slimmer's current model against the base: (median per-round speed-up, base s, slim s)."""
-        from .deploy.runtime import interleaved
+    def _closer(self, timing: Timing, than: Timing) -> bool:
+        return abs(timing.speedup / self.speedup - 1) < abs(than.speedup / self.speedup - 1)
 
-        runner = self._runner(self.slimmer.model, work, name)
-        t_base, t_slim = (np.array(t) for t in interleaved([base_runner, runner], 5, self.runs))
-        return float(np.median(t_base / t_slim)), float(np.median(t_base)), float(np.median(t_slim))
+    def _met(self, timing: Timing) -> bool:
+        return abs(timing.speedup / self.speedup - 1) <= self.tolerance
+
+    def _record(self, prefix: str, budget: float, predicted: float, timing: Timing | None) -> None:
+        s, result = self.slimmer, self.result
+        if timing is None:
+            result.steps.append(TargetStep(budget, predicted, 1.0, s.report.after["gflops"], uncut=True))
+            self._log(f"  candidate {len(result.steps)}: {prefix}widths equal the base's: not a candidate")
+            return
+        result.steps.append(TargetStep(budget, predicted, timing.speedup, s.report.after["gflops"], timing.p10,
+                                       timing.p90, timing.rounds))
+        self._log(f"  candidate {len(result.steps)}: {prefix}measured {timing.format()}, "
+                  f"{s.report.after['gflops']:.2f} GFLOPs")
+
+    def _time(self, base_runner, work: Path, name: str) -> Timing | None:
+        """Time the slimmer's current model against the base, interleaved; None when it is not cut at all.
+
+        `runs` rounds first; while the target lies within the median's resolution (the per-round spread over the
+        square root of the rounds) and that resolution is wider than the tolerance, `runs` more rounds, up to four
+        times `runs` in all: a decision is never taken on noise that more rounds can settle.
+        """
+        s = self.slimmer
+        if s.report.after["params"] == s.report.before["params"] and s.report.after["gflops"] == s.report.before["gflops"]:
+            return None
+        runner = self._runner(s.model, work, name)
+        t_base, t_slim = [], []
+        warmup = 5
+        while True:
+            b, m = self._rounds(base_runner, runner, warmup)
+            t_base += b
+            t_slim += m
+            warmup = 0
+            ratios = np.array(t_base) / np.array(t_slim)
+            p10, med, p90 = np.percentile(ratios, [10, 50, 90])
+            timing = Timing(float(med), float(p10), float(p90), float(np.median(t_base)), float(np.median(t_slim)),
+                            len(ratios))
+            close = abs(timing.speedup - self.speedup) <= timing.resolution
+            if not close or timing.resolution <= self.tolerance * self.speedup or len(ratios) >= 4 * self.runs:
+                return timing
+
+    def _rounds(self, base_runner, runner, warmup: int) -> tuple[list[float], list[float]]:
+        """`runs` interleaved rounds of base and candidate: seconds per run of each."""
+        from ..deploy.runtime import interleaved
+
+        return interleaved([base_runner, runner], warmup, self.runs)
+
+    def _keep(self, timing: Timing) -> None:
+        """Record the kept candidate's timing in the result and the slimmer's report."""
+        r = self.result
+        r.reached, r.base_ms, r.slim_ms = timing.speedup, timing.base_s * 1e3, timing.slim_s * 1e3
+        r.p10, r.p90, r.rounds, r.tolerance = timing.p10, timing.p90, timing.rounds, self.tolerance
+        r.met, r.resolution = self._met(timing), timing.resolution
+        r.resolved = r.met and timing.resolution <= self.tolerance * self.speedup
+        self._finish()
 
     def _search_ratio(self, work: Path) -> Slimmer:
         """The `rules` allocation: regula falsi on the plan's ratio (speed-up 1 at ratio 0) to the measured target."""
@@ -236,16 +333,14 @@ class TargetSlimmer:
         for i in range(self.max_steps):
             s.ratio = ratio
             s.slim()
-            reached, t_base, t_slim = self._time(base_runner, work, f"candidate{i}")
-            seen[ratio] = reached
-            result.steps.append(TargetStep(ratio, ratio, reached, s.report.after["gflops"]))
-            self._log(f"  candidate {i + 1}: ratio {ratio:.2f}, measured {reached:.2f}x ({t_base * 1e3:.2f} -> "
-                      f"{t_slim * 1e3:.2f} ms), {s.report.after['gflops']:.2f} GFLOPs")
-            if best is None or abs(reached / self.speedup - 1) < abs(best[0] / self.speedup - 1):
-                best = (reached, t_base, t_slim, ratio, s.model, s.report)
-            if abs(reached / self.speedup - 1) <= self.tolerance:
+            timing = self._time(base_runner, work, f"candidate{i}")
+            self._record(f"ratio {ratio:.2f}, ", ratio, ratio, timing)
+            reached = seen[ratio] = 1.0 if timing is None else timing.speedup
+            if timing is not None and (best is None or self._closer(timing, best[0])):
+                best = (timing, ratio, s.model, s.report)
+            if timing is not None and self._met(timing):
                 break
-            if i == 0 and reached < self.speedup:
+            if i == 0 and reached + timing.resolution < self.speedup:
                 raise UserError(f"target speed-up {self.speedup:.2f}x is out of reach: at ratio {ratio:.2f} (the "
                                 f"largest, --max-ratio) the model measured {reached:.2f}x; ask for at most "
                                 f"{reached:.2f}x or raise max_ratio")
@@ -257,22 +352,24 @@ class TargetSlimmer:
             ratio = round(min(max(lo + step, lo + 0.01), hi - 0.01), 2)
             if ratio in seen:
                 ratio = round((lo + hi) / 2, 2)
-        result.reached, result.base_ms, result.slim_ms, result.ratio = best[0], best[1] * 1e3, best[2] * 1e3, best[3]
-        s.ratio, s.model, s.report = best[3], best[4], best[5]
-        self._finish()
+        if best is None:
+            raise UserError("no candidate cut the model: every group is at its floor; lower round_to or max_ratio")
+        result.ratio = best[1]
+        s.ratio, s.model, s.report = best[1], best[2], best[3]
+        self._keep(best[0])
         return s
 
     def _finish(self) -> None:
         self.slimmer.report.target = self.result.to_dict()
 
     def _onnx(self, model, work: Path, name: str) -> Path:
-        from .deploy.export import export
+        from ..deploy.export import export
 
         return export(model, imgsz=self.slimmer.imgsz, output=work / f"{name}.onnx", verbose=False).path
 
     def _runner(self, model, work: Path, name: str):
-        from .deploy.export import quiet_ultralytics
-        from .deploy.runtime import OrtRunner, TorchRunner
+        from ..deploy.export import quiet_ultralytics
+        from ..deploy.runtime import OrtRunner, TorchRunner
 
         if self.runtime == "onnxruntime":
             return OrtRunner(self._onnx(model, work, name), self.slimmer.imgsz, 1, self.device, self.threads)
@@ -280,8 +377,8 @@ class TargetSlimmer:
             return TorchRunner(copy.deepcopy(model), self.slimmer.imgsz, 1, self.device, self.threads)
 
     def _profile(self, model, work: Path, name: str):
-        from .deploy.export import quiet_ultralytics
-        from .deploy.latency import attribute, profile_onnx, profile_torch, stock_widths
+        from ..deploy.export import quiet_ultralytics
+        from ..deploy.latency import attribute, profile_onnx, profile_torch, stock_widths
 
         widths = stock_widths(model)
         if self.runtime == "onnxruntime":

@@ -98,7 +98,7 @@ def _is_block(m: nn.Module) -> bool:
 
 def _trace(model: nn.Module, units: list[tuple[str, nn.Module]]) -> tuple[dict, dict]:
     """Run a zero image and record (in, out) widths of each unit and the last Conv it ran."""
-    from .graph.trace import probe
+    from ..graph.trace import probe
 
     widths, last, stack, hooks = {}, {}, [], []
 
@@ -225,8 +225,8 @@ class LayerPruner:
     """
 
     def __init__(self, model, ratio: float = 0.3, importance: str = "l1", imgsz: int = 640):
-        from .checkpoint import load_model
-        from .errors import UserError, close_match
+        from ..checkpoint import load_model
+        from ..errors import UserError, close_match
 
         self.ratio = check_ratio(ratio)
         if importance not in METRICS:
@@ -252,7 +252,7 @@ class LayerPruner:
         return remove_units(copy.deepcopy(twin).float().cpu(), [u.name for u in self.report.removed])
 
     def save(self, path):
-        from .checkpoint import save_checkpoint
+        from ..checkpoint import save_checkpoint
 
         if self.model is None:
             self.slim()

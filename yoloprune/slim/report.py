@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .graph.groups import KINDS
-from .graph.trace import input_channels, max_stride
+from ..graph.groups import KINDS
+from ..graph.trace import input_channels, max_stride
 
 
 def model_stats(model: nn.Module, imgsz: int) -> dict:
@@ -76,7 +76,10 @@ class SlimReport:
     layers: dict[str, tuple[int, int]]
     groups: list[GroupRow] = field(default_factory=list)
     seconds: float = 0.0
-    target: dict = field(default_factory=dict)  # what a target search asked and reached (`yoloprune.target`)
+    target: dict = field(default_factory=dict)  # what a target search asked and reached (`yoloprune.slim.target`)
+    calibration: dict = field(default_factory=dict)  # the calibration sample (`yoloprune.calibrate`), if any
+    recalibration: dict = field(default_factory=dict)  # what BatchNorm recalibration of the cut did
+    validation: dict = field(default_factory=dict)  # mAP of base and slim right after the cut, when measured
 
     @classmethod
     def build(cls, slimmer, groups, plan, before, after, seconds: float) -> "SlimReport":
@@ -89,8 +92,9 @@ class SlimReport:
                      plan[g.index].clamped, plan[g.index].tied)
             for g in groups
         ]
+        calib = slimmer.calibration.describe() if slimmer.calibration is not None else {}
         return cls(slimmer.loaded.source, slimmer.ratio, slimmer.importance, slimmer.rules.name, slimmer.round_to,
-                   slimmer.imgsz, before[0], after[0], stages, layers, rows, round(seconds, 3))
+                   slimmer.imgsz, before[0], after[0], stages, layers, rows, round(seconds, 3), calibration=calib)
 
     def kind_summary(self) -> dict[str, dict]:
         """Per shortcut kind: group count, channels before/after and the share of channels removed."""
@@ -135,6 +139,18 @@ class SlimReport:
         if layers:
             lines.append("  layer widths:")
             lines += [f"    {n:<40} {w:>5} -> {k:>5}" for n, (w, k) in self.layers.items()]
+        c, r, v = self.calibration, self.recalibration, self.validation
+        if c:
+            lines.append(f"  calibration: {c['images']} images of {c['source']} at {c['imgsz']} ({c['fit_batches']} "
+                         f"batches to score and recalibrate, {c['held_batches']} held back to judge)")
+        if r:
+            lines.append(f"  BatchNorm recalibration: held-back loss {r['loss_before']:.4f} -> {r['loss_after']:.4f}, "
+                         + ("kept" if r["kept"] else "not kept (the carried-over statistics do better)"))
+        if v:
+            lines.append(f"  validation mAP50-95 at {v['imgsz']} (Ultralytics' validator, {v['split']} split): "
+                         f"base {v['base'][1]:.4f} -> slim {v['slim'][1]:.4f} right after the cut"
+                         + (f" ({v['slim_carried'][1]:.4f} with the carried-over BatchNorm statistics)"
+                            if v.get("slim_carried") else ""))
         lines.append(f"  time {self.seconds:.2f}s")
         return "\n".join(lines)
 

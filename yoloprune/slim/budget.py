@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from torch import nn
 from ultralytics.nn.modules.block import Attention
 
-from .graph.groups import CoupledGroup
-from .shortcut_rules import ShortcutRules
+from ..graph.groups import CoupledGroup
+from ..shortcut_rules import ShortcutRules
 
 _SPLIT = re.compile(r"\.cv1[ab](?=\.|$)")
 _LAYER = re.compile(r"^(model\.\d+)")
@@ -72,7 +72,7 @@ def conv_sites(model: nn.Module, groups: list[CoupledGroup], graph, imgsz: int) 
     hw = {}
     hooks = [m.register_forward_hook(lambda m, i, o: hw.__setitem__(m, o[0, 0].numel() if o.dim() == 4 else 1))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    from .graph.trace import probe
+    from ..graph.trace import probe
 
     try:
         probe(model, imgsz)
