@@ -64,7 +64,13 @@ class Sweep:
         key = f"{args.data}|{args.base}|{args.train}|{args.val}|{args.imgsz}|{args.base_epochs}|{args.batch}"
         self.cache = ROOT / "cache" / f"tradeoff-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         (self.cache / "slim").mkdir(parents=True, exist_ok=True)
-        self.state = State(self.cache / "state.json")
+        from yoloprune.slim.slimmer import DEFAULT_WITH_DATA
+
+        self.importance = args.importance or (DEFAULT_WITH_DATA if args.calib else "l1")
+        self._calib = None
+        # one base for every setting; the points of each setting (calibration, scorer) in a state file of their own
+        mode = f"-cal-{self.importance}" if args.calib else ("" if self.importance == "l1" else f"-{self.importance}")
+        self.state = State(self.cache / f"state{mode}.json")
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -102,20 +108,32 @@ class Sweep:
         return {"speedup": round(row.speedup, 3), "ms": round(row.median_ms, 2), "base_ms": round(base.median_ms, 2),
                 "gflops": row.gflops, "base_gflops": base.gflops, "params": row.params, "base_params": base.params}
 
-    def slim_at(self, kind: str, ratio: float, importance: str = "l1", base: Path | None = None) -> Path:
+    def slim_at(self, kind: str, ratio: float, importance: str | None = None, base: Path | None = None) -> Path:
         from yoloprune import LayerPruner, Slimmer
 
         src = base or self.base
+        importance = importance or self.importance
         tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:6]  # which base: several are named best.pt
-        out = self.cache / "slim" / f"{kind}-{importance}-{ratio:.2f}-{tag}.pt"
+        cal = "-cal" if self.args.calib and kind != "layer" else ""
+        out = self.cache / "slim" / f"{kind}-{importance}-{ratio:.2f}-{tag}{cal}.pt"
         if not out.exists():
             if kind == "layer":
-                s = LayerPruner(str(src), ratio=ratio, importance=importance, imgsz=self.args.bench_imgsz)
-            else:
+                s = LayerPruner(str(src), ratio=ratio, importance=importance if importance in ("l1", "l2", "bn") else "l1",
+                                imgsz=self.args.bench_imgsz)
+            else:  # with calibration: BatchNorm recalibrated on a fixed sample of training images (judged)
                 s = Slimmer(str(src), ratio=ratio, importance=importance,
-                            rules="none" if kind == "uniform" else "yolo26", round_to=16, imgsz=self.args.bench_imgsz)
+                            rules="none" if kind == "uniform" else "yolo26", round_to=16, imgsz=self.args.bench_imgsz,
+                            data=self.calibration(src) if cal else None)
             s.save(out)
         return out
+
+    def calibration(self, src: Path):
+        """The calibration sample (drawn once) at the training size."""
+        from yoloprune.calibrate import load_calibration
+
+        if self._calib is None:
+            self._calib = load_calibration(self.data, self.args.imgsz)
+        return self._calib
 
     def measured(self, kind: str, ratio: float) -> dict:
         """Speed-up of a ratio of `uniform`/`rules`/`layer` (cached: widths depend on the ratio only)."""
@@ -186,19 +204,19 @@ class Sweep:
             else:
                 def make(kind=kind, sp=sp):
                     return self.searched(kind, sp)
-            self.point(name, make, line=kind, target=sp, importance="l1", kd=True)
+            self.point(name, make, line=kind, target=sp, importance=self.importance, kd=True)
 
         two = self.state.data["points"].get("uniform@2x", {})
         r2 = two.get("ratio")
         if r2 is not None:  # same widths as uniform@2x whatever the scorer: the same timing
             two_timing = self.measured("uniform", r2)
             self.point("rules@ratio", lambda: (self.slim_at("rules", r2), self.measured("rules", r2)),
-                       line="rules@ratio", ratio=r2, importance="l1", kd=True)
+                       line="rules@ratio", ratio=r2, importance=self.importance, kd=True)
             for imp in ("l2", "bn"):
                 self.point(f"uniform@2x-{imp}", lambda imp=imp: (self.slim_at("uniform", r2, imp), two_timing),
                            line=f"importance {imp}", ratio=r2, importance=imp, kd=True)
             self.point("uniform@2x-no-kd", lambda: (self.slim_at("uniform", r2), self.measured("uniform", r2)),
-                       line="no KD", ratio=r2, importance="l1", kd=False)
+                       line="no KD", ratio=r2, importance=self.importance, kd=False)
             if a.sparse_epochs:
                 print(f"sparsity training: base + {a.sparse_epochs} epochs, structured_l1 lambda_bn={a.lambda_bn}")
                 sparse = Path(train_run(self.base, self.data, self.cache, "sparse", a.sparse_epochs, self.recipe,
@@ -207,12 +225,12 @@ class Sweep:
                            line="sparsity + bn", ratio=r2, importance="bn", kd=True, extra_epochs=a.sparse_epochs)
         for kind in ("uniform", "rules"):  # the seed's claim: rules lose less mAP than uniform at ratio 0.3
             self.point(f"{kind}@r0.3", lambda kind=kind: (self.slim_at(kind, 0.3), self.measured(kind, 0.3)),
-                       line=f"{kind} r0.3", ratio=0.3, importance="l1", kd=True)
+                       line=f"{kind} r0.3", ratio=0.3, importance=self.importance, kd=True)
         layer = self.measured("layer", 0.5)
-        self.point("layer", lambda: (self.slim_at("layer", 0.5), layer), line="layer", ratio=0.5, importance="l1",
+        self.point("layer", lambda: (self.slim_at("layer", 0.5), layer), line="layer", ratio=0.5, importance=self.importance,
                    kd=True)
         self.point("channel@layer", lambda: self.searched("uniform", layer["speedup"]), line="channel@layer",
-                   importance="l1", kd=True)
+                   importance=self.importance, kd=True)
 
     def finetune(self) -> None:
         from tqdm import tqdm
@@ -307,6 +325,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds per measurement (default 30)")
     p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
+    p.add_argument("--importance", help="scorer of the lines (default: taylor with calibration, else l1)")
+    p.add_argument("--no-calib", dest="calib", action="store_false",
+                   help="slim without calibration data (no BatchNorm recalibration, weight-only scorers)")
     p.add_argument("--json", help="write state and table here")
     p.add_argument("--png", help="write the plot (mAP50-95 vs speed-up) here")
     args = p.parse_args(argv)

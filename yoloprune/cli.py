@@ -66,7 +66,7 @@ def cmd_slim(args: argparse.Namespace) -> int:
 
         if args.data:
             raise UserError("--data calibrates channel slimming; --method layer removes whole blocks without it")
-        slimmer = LayerPruner(args.model, ratio=_ratio(args), importance=args.importance, imgsz=args.imgsz)
+        slimmer = LayerPruner(args.model, ratio=_ratio(args), importance=args.importance or "l1", imgsz=args.imgsz)
     elif args.method == "channel":
         slimmer = Slimmer(args.model, ratio=_ratio(args), importance=args.importance, rules=args.rules,
                           round_to=8 if args.round_to is None else args.round_to, imgsz=args.imgsz, **calib)

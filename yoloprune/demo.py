@@ -119,6 +119,8 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     from .data import make_dataset
     from .deploy.bench import bench
     from .deploy.export import export
+    from .calibrate import DEFAULT_IMAGES
+    from .slim.slimmer import DEFAULT_WITH_DATA
     from .slim.target import TargetSlimmer
 
     s = replace(settings, **overrides)
@@ -166,18 +168,26 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     print(f"base mAP50-95 {base_map[1]:.4f}")
 
     _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} (shortcut rules, "
-                f"ratio searched)")
+                f"ratio searched; channels scored on calibration images, BatchNorm recalibrated)")
     slim = out / "slim.pt"
     marker = out / "slim.json"
-    want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads}
+    want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads,
+            "calibration": {"data": str(data), "images": DEFAULT_IMAGES, "imgsz": s.imgsz,
+                            "importance": DEFAULT_WITH_DATA}}
     if slim.is_file() and marker.is_file() and json.loads(marker.read_text()).get("settings") == want:
         target = json.loads(marker.read_text())["result"]
         print(f"reused {slim} ({target['reached']:.2f}x measured when it was made)")
     else:
-        search = TargetSlimmer(str(base), speedup=s.speedup, imgsz=s.deploy_imgsz, threads=s.threads)
+        # calibration images from the training split: loss-based scores and recalibrated BatchNorm statistics
+        search = TargetSlimmer(str(base), speedup=s.speedup, imgsz=s.deploy_imgsz, threads=s.threads, data=str(data),
+                               calib_imgsz=s.imgsz)
         search.search().save(slim)
         target = search.result.to_dict()
         print(search.result.format())
+        rc = search.slimmer.report.recalibration
+        if rc:
+            print(f"BatchNorm recalibration: held-back loss {rc['loss_before']:.4f} -> {rc['loss_after']:.4f}, "
+                  + ("kept" if rc["kept"] else "not kept"))
         marker.write_text(json.dumps({"settings": want, "result": target}, indent=2))
     slim_map = validate(slim, data, s.imgsz, s.batch)
     print(f"slim mAP50-95 right after slimming {slim_map[1]:.4f}")
