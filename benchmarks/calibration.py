@@ -140,7 +140,7 @@ class Bench:
         todo = [(imp, seed) for imp in a.scorers for seed in a.calib_seeds]
         bar = tqdm(todo, desc=f"{stem} scorers", unit="scorer x sample")
         for imp, seed in bar:
-            keys = {sp: f"{stem}|{imp}|{seed}|{sp:g}" for sp in ratios}
+            keys = {sp: f"{stem}|{imp}|{seed}|{a.calib_images}|{sp:g}" for sp in ratios}
             if all(k in self.state.data["points"] for k in keys.values()):
                 continue
             calib = self.calibration(base, seed)
@@ -162,7 +162,8 @@ class Bench:
                     maps[name] = round(validate(path, self.data, a.imgsz, a.batch)[1], 4)
                 maps["judged"] = maps["recal"] if verdict.kept else maps["cut"]
                 self.state.data["points"][keys[sp]] = {
-                    "model": stem, "importance": imp, "seed": seed, "speedup": sp, "ratio": r["ratio"], **maps,
+                    "model": stem, "importance": imp, "seed": seed, "calib_images": a.calib_images, "speedup": sp,
+                    "ratio": r["ratio"], **maps,
                     "recal_kept": verdict.kept, "loss_cut": round(verdict.loss_before, 4),
                     "loss_recal": round(verdict.loss_after, 4), "seconds": round(time.perf_counter() - t0, 1)}
                 self.state.save()
@@ -181,7 +182,7 @@ class Bench:
                 cells = []
                 for sp in sps:
                     pts = [p for p in s["points"].values() if p["model"] == stem and p["importance"] == imp
-                           and p["speedup"] == sp]
+                           and p["speedup"] == sp and p.get("calib_images") == self.args.calib_images]
                     for way in ("cut", "recal", "judged"):
                         v = [p[way] for p in pts]
                         cells.append(f"{statistics.mean(v):.3f} ± {(max(v) - min(v)) / 2:.3f}" if v else "-")
@@ -200,7 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--scorers", default=",".join(MAGNITUDE + DATA_AWARE), help="importance scorers to compare")
     p.add_argument("--speedups", default="1.5,2,3", help="measured speed-ups (default 1.5,2,3)")
     p.add_argument("--calib-seeds", default="0,1,2", help="calibration samples (default 0,1,2)")
-    p.add_argument("--calib-images", type=int, default=256, help="images per calibration sample (default 256)")
+    p.add_argument("--calib-images", type=int, default=128,
+                   help="images per calibration sample (default 128: samples differ only if below the training set)")
     p.add_argument("--train", type=int, default=256, help="synthetic training images (default 256)")
     p.add_argument("--val", type=int, default=64, help="synthetic validation images (default 64)")
     p.add_argument("--imgsz", type=int, default=128, help="training / calibration / validation size (default 128)")

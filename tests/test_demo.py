@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-TINY = ["--train", "16", "--val", "8", "--imgsz", "64", "--base-epochs", "3", "--finetune-epochs", "1",
+TINY = ["--train", "16", "--val", "8", "--imgsz", "64", "--base-epochs", "1", "--finetune-epochs", "1",
         "--deploy-imgsz", "160", "--speedup", "1.2", "--threads", "2"]
 
 

@@ -119,8 +119,6 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     from .data import make_dataset
     from .deploy.bench import bench
     from .deploy.export import export
-    from .calibrate import DEFAULT_IMAGES
-    from .slim.slimmer import DEFAULT_WITH_DATA
     from .slim.target import TargetSlimmer
 
     s = replace(settings, **overrides)
@@ -168,19 +166,17 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     print(f"base mAP50-95 {base_map[1]:.4f}")
 
     _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} (shortcut rules, "
-                f"ratio searched; channels scored on calibration images, BatchNorm recalibrated)")
+                f"ratio searched)")
     slim = out / "slim.pt"
     marker = out / "slim.json"
-    want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads,
-            "calibration": {"data": str(data), "images": DEFAULT_IMAGES, "imgsz": s.imgsz,
-                            "importance": DEFAULT_WITH_DATA}}
+    want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads}
     if slim.is_file() and marker.is_file() and json.loads(marker.read_text()).get("settings") == want:
         target = json.loads(marker.read_text())["result"]
         print(f"reused {slim} ({target['reached']:.2f}x measured when it was made)")
     else:
-        # calibration images from the training split: loss-based scores and recalibrated BatchNorm statistics
-        search = TargetSlimmer(str(base), speedup=s.speedup, imgsz=s.deploy_imgsz, threads=s.threads, data=str(data),
-                               calib_imgsz=s.imgsz)
+        # no calibration yet: on barely trained toy bases the recalibrated, fine-tuned model failed ONNX parity
+        # (2e-4 > 1e-4, exploded activations); `yoloprune slim --data` has it for trained models
+        search = TargetSlimmer(str(base), speedup=s.speedup, imgsz=s.deploy_imgsz, threads=s.threads)
         search.search().save(slim)
         target = search.result.to_dict()
         print(search.result.format())
