@@ -34,22 +34,10 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
-MAGNITUDE = ("l1", "l2", "bn", "lamp", "random")
-DATA_AWARE = ("taylor", "fisher")
+from common import State  # noqa: E402
 
-
-class State:
-    """A JSON file of everything measured so far; saved after every point."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"bases": {}, "ratios": {}, "points": {}}
-
-    def save(self) -> None:
-        from yoloprune.checkpoint import atomic_write
-
-        text = json.dumps(self.data, indent=2)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+from yoloprune.importance import IMPORTANCES  # noqa: E402
+from yoloprune.importance.data_aware import DATA_AWARE  # noqa: E402
 
 
 def curve(run: Path) -> list[float]:
@@ -68,7 +56,7 @@ class Bench:
         key = f"{args.train}|{args.val}|{args.imgsz}|{args.max_epochs}|{args.patience}|{args.batch}"
         self.cache = ROOT / "cache" / f"calibration-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.state = State(self.cache / "state.json")
+        self.state = State(self.cache / "state.json", {"bases": {}, "ratios": {}, "points": {}})
         self.data = self.cache / "shapes" / "data.yaml"
         self.calibs = {}
 
@@ -118,7 +106,7 @@ class Bench:
         print(t.result.format(), flush=True)
         return got
 
-    def calibration(self, base: Path, seed: int):
+    def calibration(self, seed: int):
         from yoloprune.calibrate import load_calibration
 
         if seed not in self.calibs:
@@ -143,7 +131,7 @@ class Bench:
             keys = {sp: f"{stem}|{imp}|{seed}|{a.calib_images}|{sp:g}" for sp in ratios}
             if all(k in self.state.data["points"] for k in keys.values()):
                 continue
-            calib = self.calibration(base, seed)
+            calib = self.calibration(seed)
             s = Slimmer(str(base), ratio=0.5, importance=imp, round_to=16, imgsz=a.bench_imgsz, data=calib,
                         recalibrate=False)
             for sp, r in ratios.items():
@@ -198,7 +186,7 @@ class Bench:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="yolo26n.yaml,yolo26s.yaml", help="model YAMLs (default yolo26n, yolo26s)")
-    p.add_argument("--scorers", default=",".join(MAGNITUDE + DATA_AWARE), help="importance scorers to compare")
+    p.add_argument("--scorers", default=",".join([*IMPORTANCES, *DATA_AWARE]), help="importance scorers to compare")
     p.add_argument("--speedups", default="1.5,2,3", help="measured speed-ups (default 1.5,2,3)")
     p.add_argument("--calib-seeds", default="0,1,2", help="calibration samples (default 0,1,2)")
     p.add_argument("--calib-images", type=int, default=128,

@@ -38,21 +38,9 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
+from common import State  # noqa: E402
+
 LINES = ("uniform", "rules", "latency")
-
-
-class State:
-    """A JSON file of everything measured so far; saved after every step."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"points": {}, "measured": {}}
-
-    def save(self) -> None:
-        from yoloprune.checkpoint import atomic_write
-
-        text = json.dumps(self.data, indent=2)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
 
 class Sweep:
@@ -70,7 +58,7 @@ class Sweep:
         self._calib = None
         # one base for every setting; the points of each setting (calibration, scorer) in a state file of their own
         mode = f"-cal-{self.importance}" if args.calib else ("" if self.importance == "l1" else f"-{self.importance}")
-        self.state = State(self.cache / f"state{mode}.json")
+        self.state = State(self.cache / f"state{mode}.json", {"points": {}, "measured": {}})
 
     # -- set-up -------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -123,11 +111,11 @@ class Sweep:
             else:  # with calibration: BatchNorm recalibrated on a fixed sample of training images (judged)
                 s = Slimmer(str(src), ratio=ratio, importance=importance,
                             rules="none" if kind == "uniform" else "yolo26", round_to=16, imgsz=self.args.bench_imgsz,
-                            data=self.calibration(src) if cal else None)
+                            data=self.calibration() if cal else None)
             s.save(out)
         return out
 
-    def calibration(self, src: Path):
+    def calibration(self):
         """The calibration sample (drawn once) at the training size."""
         from yoloprune.calibrate import load_calibration
 

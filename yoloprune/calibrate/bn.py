@@ -9,7 +9,6 @@ detection loss on held-back calibration batches, with the old and with the new s
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -124,12 +123,6 @@ def recalibrate(model: nn.Module, calib, judge: bool = True) -> Recalibration:
     if not kept:
         model.load_state_dict(old, strict=False)
     return Recalibration(before, after, kept, len(calib.fit))
-
-
-def recalibrated_copy(model: nn.Module, calib, judge: bool = True) -> tuple[nn.Module, Recalibration]:
-    """`recalibrate` on a copy; the given model is left as it is."""
-    twin = copy.deepcopy(model)
-    return twin, recalibrate(twin, calib, judge)
 
 
 def _is_bn_buffer(model: nn.Module, key: str) -> bool:

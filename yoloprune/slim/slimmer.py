@@ -80,6 +80,14 @@ class Slimmer:
         check_whole("imgsz", imgsz, 32, "640")
         self.round_to, self.imgsz = round_to, imgsz
         self.loaded: LoadedModel = load_model(model)
+        if head_handler(self.loaded.model.model[-1]) is None:
+            head = type(self.loaded.model.model[-1]).__name__
+            raise UserError(f"'{self.loaded.source}' has a {head} head, which yoloprune does not support; supported: "
+                            "YOLO26/YOLO11/YOLOv8 detect, segment, pose, obb and classify models")
+        if bad := unsupported_layers(self.loaded.model):
+            raise UserError(f"'{self.loaded.source}' uses {', '.join(bad)} layers, which yoloprune cannot prune yet; "
+                            "supported: YOLO26/YOLO11/YOLOv8 models")
+        # calibration images are read only once the model is known to be prunable
         self.recalibrate = bool(recalibrate)
         self.calibration: Calibration | None = None
         if isinstance(data, Calibration):
@@ -89,13 +97,6 @@ class Slimmer:
             size = calib_imgsz or calibration_size(self.loaded, imgsz)
             self.calibration = load_calibration(data, size, calib_images, task)
         self._scores: dict[str, torch.Tensor] | None = None  # data-aware scores by group root name (uncut model)
-        if head_handler(self.loaded.model.model[-1]) is None:
-            head = type(self.loaded.model.model[-1]).__name__
-            raise UserError(f"'{self.loaded.source}' has a {head} head, which yoloprune does not support; supported: "
-                            "YOLO26/YOLO11/YOLOv8 detect, segment, pose, obb and classify models")
-        if bad := unsupported_layers(self.loaded.model):
-            raise UserError(f"'{self.loaded.source}' uses {', '.join(bad)} layers, which yoloprune cannot prune yet; "
-                            "supported: YOLO26/YOLO11/YOLOv8 models")
         self.widths: dict[str, int] | None = None  # planned width by group root name, overriding the ratio's plan
         self.model: nn.Module | None = None  # the slim model once `slim()` ran
         self.report: SlimReport | None = None

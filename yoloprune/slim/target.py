@@ -237,8 +237,8 @@ class TargetSlimmer:
         base_runner = self._runner(s.loaded.model, work, "base-timed")
         predicted_base = cost.predict({})
         budget = predicted_base / self.speedup
-        result = self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
-                                            threads=self.threads, allocation="latency")
+        self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
+                                   threads=self.threads, allocation="latency")
         best = None
         for i in range(self.max_steps):
             predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
