@@ -30,13 +30,15 @@ def test_demo_runs_every_step_and_ends_with_the_table(finished):
     table = stdout[stdout.index("[7/7]"):]
     assert "base" in table and "slim + 1 epochs KD" in table and "speed-up" in table
     assert "max rel diff" in stdout  # parity was checked for both exports
-    for name in ("base.onnx", "slim.onnx", "slim.pt", "slim-finetuned.pt", "demo.json"):
+    for name in ("base.onnx", "slim.onnx", "slim-64.onnx", "slim.pt", "slim-finetuned.pt", "demo.json"):
         assert (out / name).is_file(), name
     result = json.loads((out / "demo.json").read_text())
     base, slim, tuned = result["rows"]
     assert tuned["params"] < base["params"] and tuned["gflops"] < base["gflops"]
     assert base["speedup"] == 1.0 and tuned["speedup"] > 0
     assert result["target"]["kind"] == "speedup" and result["target"]["target"] == 1.2
+    acc = result["onnx_accuracy"]  # the slim graph validated beside PyTorch at the training size
+    assert acc["imgsz"] == 64 and abs(acc["gap"]) <= acc["max_gap"] and "slim ONNX graph on the val split" in table
     print(f"demo table: base {base}, tuned {tuned}")
 
 

@@ -1,4 +1,5 @@
-"""`yoloprune export`: base and slim models of every task match PyTorch in ONNX Runtime; bad inputs write nothing."""
+"""`yoloprune export`: base and slim models of every task match PyTorch in ONNX Runtime, the exported model keeps its
+mAP on a data set (`--data`); bad inputs write nothing."""
 
 import subprocess
 import sys
@@ -45,10 +46,60 @@ def test_parity_catches_a_wrong_graph(tmp_path):
     (["yolo26n.yaml", "--format", "tflite"], "format 'tflite' is not supported"),
     (["yolo26n.yaml", "--output", "{tmp}/x.pt"], "must end in .onnx"),
     (["yolo26n.yaml", "--output", "{tmp}/no/dir/x.onnx"], "does not exist"),
+    (["yolo26n.yaml", "--data", "{tmp}/missing.yaml"], "data '{tmp}/missing.yaml' not found"),
+    (["yolo26n.yaml", "--data", "{tmp}/junk.pt", "--max-map-gap", "-1"], "cannot use data"),
 ])
 def test_bad_export_input(args, message, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     r = subprocess.run([sys.executable, "-m", "yoloprune.cli", "export", *[a.format(tmp=tmp_path) for a in args]],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert r.returncode == 2 and message.format(tmp=tmp_path) in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A yolo26n trained briefly on one class of shapes (about 40 s): its validation mAP is far enough above zero
+    that what a graph computing something else would lose shows in the mAP."""
+    from ultralytics import YOLO
+
+    from conftest import FAST
+    from yoloprune.data import make_dataset
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_dataset(root / "shapes", "detect", train=32, val=8, imgsz=64, classes=1)
+    YOLO("yolo26n.yaml").train(data=str(data), epochs=30, mosaic=0, warmup_epochs=0, val=False, project=str(root),
+                               name="run", verbose=False, **FAST)
+    return root / "run" / "weights" / "last.pt", data
+
+
+def test_export_validates_the_onnx_model_on_data(trained, tmp_path):
+    pt, data = trained
+    r = subprocess.run([sys.executable, "-m", "yoloprune.cli", "export", str(pt), "--imgsz", "64", "--data", str(data),
+                        "--output", str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
+    print(r.stdout[-800:])
+    assert r.returncode == 0, r.stderr[-1500:]
+    line = next(s for s in r.stdout.splitlines() if s.startswith("mAP50-95 on"))
+    torch_map, onnx_map = (float(line.split(k)[1].split()[0].rstrip(",")) for k in ("PyTorch ", "ONNX Runtime "))
+    assert torch_map > 0.1 and abs(torch_map - onnx_map) <= 0.002 and (tmp_path / "m.onnx").is_file()
+
+
+def test_accuracy_check_fails_a_broken_graph(trained, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from yoloprune.deploy.accuracy import check_accuracy
+
+    pt, data = trained
+    good = export(str(pt), imgsz=64, output=tmp_path / "good.onnx", verbose=False).path
+    graph = onnx.load(str(good))
+    convs = [i for i in graph.graph.initializer if numpy_helper.to_array(i).ndim == 4]
+    w = convs[len(convs) // 2]  # a conv in the middle of the network computes something else
+    w.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w).astype(np.float32), w.name))
+    onnx.save(graph, str(tmp_path / "broken.onnx"))
+    ok = check_accuracy(good, pt, data, 64)
+    broken = check_accuracy(tmp_path / "broken.onnx", pt, data, 64)
+    print(ok.format(), broken.format(), sep="\n")
+    assert ok.ok and ok.torch[1] > 0.1
+    assert not broken.ok and broken.gap > 0.002

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .offline import use_offline
+from .deploy.accuracy import MAX_GAP
 
 
 def _default_output(model: str) -> Path:
@@ -136,7 +137,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import export
 
     result = export(args.model, format=args.format, imgsz=args.imgsz, opset=args.opset, simplify=not args.no_simplify,
-                    dynamic=args.dynamic, output=args.output, end2end=args.end2end, batch=args.batch)
+                    dynamic=args.dynamic, output=args.output, end2end=args.end2end, batch=args.batch,
+                    data=args.data, max_map_gap=args.max_map_gap)
     print(result.format())
     return 0
 
@@ -238,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", help="also write the figures as JSON to this path")
     a.set_defaults(func=cmd_analyze)
 
-    e = sub.add_parser("export", help="export to ONNX and check ONNX Runtime against PyTorch on a real image")
+    e = sub.add_parser("export", help="export to ONNX and check ONNX Runtime against PyTorch on a real image (and on a data set with --data)")
     e.add_argument("model", help="a .pt checkpoint (base or slim) or a model YAML")
     e.add_argument("--format", default="onnx", help="onnx (default)")
     e.add_argument("--imgsz", type=int, default=640, help="export image size (default 640)")
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=1, help="batch size of the graph (default 1)")
     e.add_argument("--end2end", action="store_true",
                    help="NMS-free one-to-one head output (YOLO26); default: the raw head output, for NMS")
+    e.add_argument("--data", help="a data.yaml: validate the exported model beside PyTorch on its val split")
+    e.add_argument("--max-map-gap", type=float, default=MAX_GAP,
+                   help=f"largest mAP50-95 difference accepted with --data (default {MAX_GAP})")
     e.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="measure latency of models side by side (interleaved, warmed up)")

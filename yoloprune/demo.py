@@ -1,7 +1,7 @@
 """`yoloprune demo`: the whole job on a built-in default, offline, ending with one table.
 
 dataset -> base model -> slim to a measured speed-up -> fine-tune with distillation -> ONNX export with parity
-check -> latency benchmark -> base vs slim table (params, GFLOPs, ORT ms, speed-up, mAP). Each step is cached in the
+check and the slim graph validated on the data -> latency benchmark -> base vs slim table (params, GFLOPs, ORT ms, speed-up, mAP). Each step is cached in the
 output folder: a second run reuses the finished steps (a different base or setting redoes what depends on it).
 """
 
@@ -51,6 +51,7 @@ class DemoResult:
     rows: list[DemoRow] = field(default_factory=list)
     files: dict = field(default_factory=dict)
     runtime: str = ""
+    onnx_accuracy: dict | None = None  # the slim graph validated beside PyTorch (`deploy.accuracy`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +69,10 @@ class DemoResult:
             lines.append(f"{r.name:<28}{f(r.params, ','):>11}{f(r.gflops, '.2f'):>8}{f(r.ms, '.2f'):>9}"
                          f"{(f(r.speedup, '.2f') + 'x') if r.speedup else '-':>10}{f(r.map50, '.4f'):>8}"
                          f"{f(r.map50_95, '.4f'):>10}")
+        a = self.onnx_accuracy
+        if a:
+            lines.append(f"slim ONNX graph on the val split at {a['imgsz']}: mAP50-95 {a['onnx'][1]:.4f} (PyTorch "
+                         f"{a['torch'][1]:.4f})")
         return "\n".join(lines)
 
 
@@ -86,22 +91,6 @@ def check_settings(s: DemoSettings) -> None:
         raise UserError(f"speed-up {s.speedup!r} must be a number above 1, e.g. 2.0")
 
 
-def _check_classes(model, data) -> None:
-    """A trained base must predict the data's classes (it is validated on them and teaches the slim model)."""
-    import yaml
-
-    try:
-        d = yaml.safe_load(Path(data).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"data '{data}' is not readable YAML ({type(e).__name__}): pass an Ultralytics data.yaml") from None
-    names = d.get("names") if isinstance(d, dict) else None
-    data_nc = len(names) if isinstance(names, (list, dict)) else d.get("nc") if isinstance(d, dict) else None
-    nc = len(getattr(model, "names", None) or {}) or getattr(model, "nc", None)
-    if data_nc is not None and nc is not None and nc != data_nc:
-        raise UserError(f"the base model predicts {nc} classes but data '{data}' has {data_nc}: pass a base trained "
-                        f"on this data, or a model YAML to train one")
-
-
 def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, model="yolo26n.yaml",
              **overrides) -> DemoResult:
     """Run the whole pipeline into `out` and return the final table.
@@ -117,6 +106,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     """
     from .checkpoint import atomic_write, check_writable, load_model
     from .data import make_dataset
+    from .data.checks import check_classes
     from .deploy.bench import bench
     from .deploy.export import export
     from .slim.target import TargetSlimmer
@@ -131,7 +121,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     trained = str(model).endswith(".pt")
     loaded = load_model(model)  # a missing, corrupt or non-YOLO model fails now, not after training
     if trained and data is not None:
-        _check_classes(loaded.model, data)
+        check_classes(loaded.model, data, "pass a base trained on this data, or a model YAML to train one")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -194,10 +184,16 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     atomic_write(tuned, lambda tmp: Path(tmp).write_bytes(Path(r.weights).read_bytes()))
     print(f"{'reused the finished run: ' if r.cached else ''}fine-tuned mAP50-95 {r.map50_95:.4f} -> {tuned}")
 
-    _step(5, n, f"export base and slim to ONNX at {s.deploy_imgsz}, parity checked against PyTorch")
+    _step(5, n, f"export base and slim to ONNX at {s.deploy_imgsz}, parity checked against PyTorch; the slim graph "
+                f"validated beside PyTorch at {s.imgsz}")
     base_onnx, slim_onnx = out / "base.onnx", out / "slim.onnx"
     for src, dst in ((base, base_onnx), (tuned, slim_onnx)):
         print(export(src, imgsz=s.deploy_imgsz, output=dst, verbose=False).format())
+    # the deployed graph's accuracy, at the size the model was trained and validated at (at another size the
+    # figures would say little); the same model, so the check covers the graph at the deployed size too
+    val_onnx = slim_onnx if s.imgsz == s.deploy_imgsz else out / f"slim-{s.imgsz}.onnx"
+    checked = export(tuned, imgsz=s.imgsz, output=val_onnx, verbose=False, data=data)
+    print(checked.format())
 
     _step(6, n, "latency: ONNX Runtime CPU, interleaved runs")
     b = bench([base_onnx, slim_onnx], imgsz=s.deploy_imgsz, threads=s.threads)
@@ -207,7 +203,9 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     rb, rs = b.rows
     result = DemoResult(asdict(s), runtime=f"ONNX Runtime {b.device}, {b.threads} threads, median of {b.runs} runs",
                         files={"data": str(data), "base": str(base), "slim": str(slim), "finetuned": str(tuned),
-                               "base_onnx": str(base_onnx), "slim_onnx": str(slim_onnx)})
+                               "base_onnx": str(base_onnx), "slim_onnx": str(slim_onnx),
+                               "slim_onnx_validated": str(val_onnx)},
+                        onnx_accuracy=checked.accuracy.to_dict())
     result.rows = [
         DemoRow("base", rb.params, rb.gflops, rb.median_ms, 1.0, *base_map),
         DemoRow("slim, right after slimming", rs.params, rs.gflops, None, None, *slim_map),

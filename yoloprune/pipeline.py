@@ -119,15 +119,16 @@ def _finished(run: Path, settings: dict) -> RunResult | None:
     return RunResult(**{**saved["result"], "cached": True})
 
 
-def validate(weights, data, imgsz: int, batch: int = 16) -> tuple[float, float]:
-    """(mAP50, mAP50-95) of a checkpoint on the data's validation split, by Ultralytics' own validator."""
+def validate(weights, data, imgsz: int, batch: int = 16, **kw) -> tuple[float, float]:
+    """(mAP50, mAP50-95) of a checkpoint (or an exported model) on the data's validation split, by Ultralytics' own
+    validator; `kw` are further validator arguments (`rect`, `nms`)."""
     from ultralytics import YOLO
 
     from .deploy.export import quiet_ultralytics
 
     with quiet_ultralytics():
         metrics = YOLO(str(weights)).val(data=str(data), imgsz=imgsz, batch=batch, workers=0, plots=False,
-                                         verbose=False)
+                                         verbose=False, **kw)
     return box_maps(metrics)
 
 

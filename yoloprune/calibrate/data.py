@@ -9,10 +9,10 @@ held back: recalibration is judged on images it did not see.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from ..data.checks import resolve_data
 from ..errors import UserError, check_whole
 
 DEFAULT_IMAGES = 256
@@ -76,7 +76,7 @@ def load_calibration(data, imgsz: int, images: int = DEFAULT_IMAGES, task: str =
     if task == "classify":
         raise UserError("calibration data reads detection-style labels; classification models are slimmed without "
                         "--data (BatchNorm recalibration and data-aware importance are for detect, segment, pose, obb)")
-    info = _resolve(data)
+    info = resolve_data(data)
     paths = info.get(split)
     if not paths:
         raise UserError(f"data '{data}' has no '{split}' split: the calibration sample is drawn from it")
@@ -104,23 +104,6 @@ def load_calibration(data, imgsz: int, images: int = DEFAULT_IMAGES, task: str =
         b["img"] = b["img"].float() / 255
         batches.append(b)
     return Calibration(batches, f"{data} ({split})", imgsz, task, seed)
-
-
-def _resolve(data) -> dict:
-    if isinstance(data, dict):
-        return data
-    from ultralytics.data.utils import check_det_dataset
-
-    from ..deploy.export import quiet_ultralytics
-
-    if not Path(str(data)).is_file():
-        raise UserError(f"data '{data}' not found: pass the path of an Ultralytics data.yaml")
-    try:
-        with quiet_ultralytics():
-            return check_det_dataset(str(data), autodownload=False)
-    except Exception as e:  # Ultralytics raises several types for a bad data.yaml
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot use data '{data}': {first}") from None
 
 
 def calibration_size(loaded, imgsz: int) -> int:

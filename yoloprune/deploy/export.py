@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError, check_whole
+from .accuracy import MAX_GAP, Accuracy, check_accuracy
 
 FORMATS = ("onnx",)
 
@@ -29,11 +30,13 @@ class ExportResult:
     max_rel: float
     outputs: list[tuple[int, ...]]
     compared: int | None = None  # NMS-free output: detections surely in the top-k of both runtimes, compared
+    accuracy: Accuracy | None = None  # with data: the graph validated beside PyTorch
 
     def format(self) -> str:
         what = f" over {self.compared} detections" if self.compared is not None else ""
-        return (f"exported {self.path} (outputs {', '.join(str(s) for s in self.outputs)}); ONNX Runtime vs PyTorch "
+        text = (f"exported {self.path} (outputs {', '.join(str(s) for s in self.outputs)}); ONNX Runtime vs PyTorch "
                 f"on bus.jpg{what}: max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}")
+        return text + (f"\n{self.accuracy.format()}" if self.accuracy is not None else "")
 
 
 @contextlib.contextmanager
@@ -144,7 +147,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = None, simplify: bool = True,
            dynamic: bool = False, output=None, tolerance: float = 1e-4, end2end: bool = False, batch: int = 1,
-           verbose: bool = True) -> ExportResult:
+           verbose: bool = True, data=None, max_map_gap: float = MAX_GAP) -> ExportResult:
     """Export a YOLO checkpoint (base or slim) and check it against PyTorch.
 
     The relative difference is taken per output channel (see `_rel`).
@@ -160,6 +163,9 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
         output: where the file goes (default: `<stem>.onnx` beside a `.pt`, in the current folder for a YAML;
             `model.onnx` there for a model object).
         tolerance: largest relative difference accepted; a larger one is an error and nothing is written.
+        data: a data.yaml: the exported graph and the PyTorch model are validated on its validation split at
+            `imgsz` (Ultralytics' validator, same settings); an mAP50-95 gap above `max_map_gap` is an error and
+            nothing is written.
 
     Example:
         >>> print(export("yolo26n-slim.pt", imgsz=640).format())
@@ -173,6 +179,13 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
     check_whole("imgsz", imgsz, 32, "640")
     check_whole("batch", batch, 1)
     loaded = load_model(model)
+    if data is not None:
+        from ..data.checks import check_classes, resolve_data
+
+        resolve_data(data)
+        check_classes(loaded.model, data, "pass the data the model was trained on")
+    if not max_map_gap >= 0:
+        raise UserError(f"max_map_gap {max_map_gap!r} must be a number >= 0, e.g. {MAX_GAP}")
     if end2end and getattr(loaded.model.model[-1], "one2one_cv2", None) is None:
         raise UserError(f"'{loaded.source}' has no NMS-free (one-to-one) head: export it without --end2end")
     if output:
@@ -197,7 +210,13 @@ def export(model, format: str = "onnx", imgsz: int = 640, opset: int | None = No
         if not max_rel <= tolerance:
             raise UserError(f"ONNX parity failed: max relative difference {max_rel:.3g} > {tolerance:g} "
                             f"(max abs {max_abs:.3g}); nothing written")
+        accuracy = None
+        if data is not None:
+            accuracy = check_accuracy(made, pt, data, imgsz, end2end, max_map_gap)
+            if not accuracy.ok:
+                raise UserError(f"the exported model's accuracy differs from PyTorch's: {accuracy.format()}; "
+                                "nothing written")
         made.replace(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, max_abs, max_rel, shapes, compared)
+    return ExportResult(out, max_abs, max_rel, shapes, compared, accuracy)
