@@ -122,5 +122,6 @@ def _wrap_like(trainer, model: nn.Module) -> nn.Module:
 
     kwargs = {"static_graph": bool(trainer.args.compile)} if TORCH_1_11 else {}
     kwargs["forward_sync_buffers" if TORCH_2_13 else "broadcast_buffers"] = False
-    return nn.parallel.DistributedDataParallel(model, device_ids=[trainer.device.index],
+    ids = None if trainer.device.type == "cpu" else [trainer.device.index]  # DDP takes no device ids for a CPU module
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                find_unused_parameters=not bool(trainer.args.compile), **kwargs)
