@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-# toy bases (1 epoch) are slimmed without calibration: see `--no-calibrate` in the README
-TINY = ["--train", "16", "--val", "8", "--imgsz", "64", "--base-epochs", "1", "--finetune-epochs", "1", "--no-calibrate",
+TINY = ["--train", "16", "--val", "8", "--imgsz", "64", "--base-epochs", "1", "--finetune-epochs", "1",
         "--deploy-imgsz", "160", "--speedup", "1.2", "--threads", "2"]
 
 

@@ -64,8 +64,7 @@ def load_calibration(data, imgsz: int, images: int = DEFAULT_IMAGES, task: str =
         imgsz: calibration size (the size the model was trained at is the right one).
         images: how many images to draw.
         task: the model's task; it decides which labels are read.
-        batch: images per batch (at most a quarter of the sample, so that a small sample still has batches to
-            hold back).
+        batch: images per batch.
         seed: which sample: the same seed always gives the same images.
         split: the data set split to draw from.
 
@@ -98,7 +97,6 @@ def load_calibration(data, imgsz: int, images: int = DEFAULT_IMAGES, task: str =
     if n == 0:
         raise UserError(f"data '{data}' has no '{split}' images to calibrate with")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(images, n)].sort().values.tolist()
-    batch = min(batch, max(1, -(-len(order) // 4)))  # a small sample still gets a held-back batch to judge on
     batches = []
     for i in range(0, len(order), batch):
         items = [dataset[j] for j in order[i: i + batch]]
