@@ -79,3 +79,18 @@ def kill_after(epoch: int):
             raise Killed
 
     return kill
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A yolo26n trained briefly on one class of shapes (about 40 s): its validation mAP is far enough above zero
+    that what a graph computing something else would lose shows in the mAP."""
+    from ultralytics import YOLO
+
+    from yoloprune.data import make_dataset
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_dataset(root / "shapes", "detect", train=32, val=8, imgsz=64, classes=1)
+    YOLO("yolo26n.yaml").train(data=str(data), epochs=30, mosaic=0, warmup_epochs=0, val=False, project=str(root),
+                               name="run", verbose=False, **FAST)
+    return root / "run" / "weights" / "last.pt", data

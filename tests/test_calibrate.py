@@ -162,3 +162,51 @@ def test_pruning_in_training_scores_on_the_loss_and_recalibrates(shapes, tmp_pat
     assert report.importance == "taylor" and report.calibration["images"] == 16
     assert report.recalibration and report.recalibration["batches"] == 1
     assert any(isinstance(m, nn.BatchNorm2d) for m in seen["ema"].modules())
+
+
+def test_precise_bn_saves_statistics_of_the_final_weights(trained, tmp_path):
+    """A trained model whose running variances are 100x off at the start of a short run: with precise BN the saved
+    EMA carries the statistics its own weights produce on the calibration sample (the lagging averages would still
+    be far off, and measure worse); with `precise_bn=False` it keeps the averages. The weights are the same either
+    way: precise BN touches only the saved statistics, not the training."""
+    from yoloprune.checkpoint import load_model
+    from yoloprune.train import train
+
+    from conftest import save_model
+
+    pt, data = trained
+    model = load_model(pt).model.float()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.mul_(100)
+    start = save_model(model, tmp_path / "start.pt")
+    sample = load_calibration(data, imgsz=FAST["imgsz"])  # the trainer's sample: all 32 images, seed 0
+    saved = {}
+    for precise in (True, False):
+        train(str(start), data=str(data), epochs=1, project=str(tmp_path), name=f"run{precise}", precise_bn=precise,
+              mosaic=0, val=False, **FAST)
+        saved[precise] = torch.load(tmp_path / f"run{precise}/weights/last.pt", weights_only=False)["model"].float()
+        fresh = copy.deepcopy(saved[precise])
+        reestimate_bn(fresh, sample.fit)
+        var = [(a.running_var, b.running_var) for a, b in zip(saved[precise].modules(), fresh.modules())
+               if isinstance(a, nn.BatchNorm2d)]
+        diff = max(float((s - f).abs().max() / f.abs().max()) for s, f in var)
+        loss, bad = calibration_loss(saved[precise], sample.held), calibration_loss(_bad(saved[precise]), sample.held)
+        print(f"precise_bn={precise}: max relative difference to re-estimated variances {diff:.3g}; held-back loss "
+              f"{loss:.3f} (with 100x variances {bad:.3f})")
+        if precise:
+            assert diff < 1e-2 and loss < bad  # the checkpoint stores half precision
+        else:
+            assert diff > 1.0  # the averages still hold most of the 100x start
+    weights = [(k, v) for k, v in saved[True].state_dict().items() if "running_" not in k and "num_batches" not in k]
+    other = saved[False].state_dict()
+    differ = [k for k, v in weights if not torch.equal(v, other[k])]
+    assert not differ, differ[:5]
+
+
+def _bad(model):
+    m = copy.deepcopy(model)
+    for b in m.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.running_var.mul_(100)
+    return m

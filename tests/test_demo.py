@@ -30,6 +30,7 @@ def test_demo_runs_every_step_and_ends_with_the_table(finished):
     table = stdout[stdout.index("[7/7]"):]
     assert "base" in table and "slim + 1 epochs KD" in table and "speed-up" in table
     assert "max rel diff" in stdout  # parity was checked for both exports
+    assert "WARNING: the base's mAP50-95" in table  # a 1-epoch base: the user is told the figures mean little
     for name in ("base.onnx", "slim.onnx", "slim-64.onnx", "slim.pt", "slim-finetuned.pt", "demo.json"):
         assert (out / name).is_file(), name
     result = json.loads((out / "demo.json").read_text())
@@ -99,3 +100,13 @@ def test_demo_out_is_a_file(tmp_path):
     f.write_text("x")
     p = demo("--out", str(f))
     assert p.returncode == 2 and "is a file" in p.stderr and f.read_text() == "x"
+
+
+def test_demo_warns_about_a_weak_or_unfinished_base():
+    from yoloprune.demo import base_warnings
+
+    assert base_warnings(0.30, [0.1 * i / 20 + 0.2 for i in range(21)]) == []  # converging: +0.005 of 0.30
+    weak = base_warnings(0.05)
+    assert len(weak) == 1 and "under 0.1" in weak[0] and "--base-epochs" in weak[0]
+    rising = base_warnings(0.30, [0.01 * i for i in range(31)])  # +0.06 over its last 6 of 31 epochs
+    assert len(rising) == 1 and "still learning" in rising[0] and "0.2400 -> 0.3000" in rising[0]

@@ -57,22 +57,6 @@ def test_bad_export_input(args, message, tmp_path):
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A yolo26n trained briefly on one class of shapes (about 40 s): its validation mAP is far enough above zero
-    that what a graph computing something else would lose shows in the mAP."""
-    from ultralytics import YOLO
-
-    from conftest import FAST
-    from yoloprune.data import make_dataset
-
-    root = tmp_path_factory.mktemp("trained")
-    data = make_dataset(root / "shapes", "detect", train=32, val=8, imgsz=64, classes=1)
-    YOLO("yolo26n.yaml").train(data=str(data), epochs=30, mosaic=0, warmup_epochs=0, val=False, project=str(root),
-                               name="run", verbose=False, **FAST)
-    return root / "run" / "weights" / "last.pt", data
-
-
 def test_export_validates_the_onnx_model_on_data(trained, tmp_path):
     pt, data = trained
     r = subprocess.run([sys.executable, "-m", "yoloprune.cli", "export", str(pt), "--imgsz", "64", "--data", str(data),

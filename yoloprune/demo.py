@@ -33,6 +33,43 @@ class DemoSettings:
     calibrate: bool = False
 
 
+# a base this weak or still learning this fast makes the slim model's figures say little (the demo warns)
+WEAK_MAP = 0.10  # mAP50-95 under which every figure of the table is mostly noise
+RISING = 0.10  # relative mAP50-95 gain over the last fifth of the base's epochs: the base was still learning
+
+
+def base_warnings(map50_95: float, curve: list[float] | None = None) -> list[str]:
+    """What makes the demo's figures weak, as lines that say what to do: a base under `WEAK_MAP` mAP50-95, or one
+    whose validation mAP50-95 (`curve`, one value per epoch) still rose by more than `RISING` of its final value over
+    its last fifth of epochs (at least two)."""
+    out = []
+    if map50_95 < WEAK_MAP:
+        out.append(f"the base's mAP50-95 {map50_95:.4f} is under {WEAK_MAP:g}: what slimming keeps or loses below is "
+                   "mostly noise; train it longer (--base-epochs), at a larger --imgsz, or pass a trained --model")
+    curve = [float(v) for v in (curve or [])]
+    if len(curve) >= 5 and curve[-1] > 0:
+        k = max(2, len(curve) // 5)
+        before = max(curve[:-k])
+        if (curve[-1] - before) / curve[-1] > RISING:
+            out.append(f"the base was still learning: mAP50-95 {before:.4f} -> {curve[-1]:.4f} over its last {k} of "
+                       f"{len(curve)} epochs; a converged base (more --base-epochs) keeps different figures, and the "
+                       "base's own extra training would beat part of the fine-tune's gain")
+    return out
+
+
+def _curve(run: Path) -> list[float]:
+    """Validation mAP50-95 per epoch from an Ultralytics run's results.csv (empty if there is none)."""
+    import csv
+
+    try:
+        with open(run / "results.csv") as f:
+            rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    except OSError:
+        return []
+    key = next((k for k in (rows[0] if rows else {}) if k.startswith("metrics/mAP50-95")), None)
+    return [float(r[key]) for r in rows] if key else []
+
+
 DEFAULT = DemoSettings()
 QUICK = DemoSettings(imgsz=128, base_epochs=30, finetune_epochs=5)
 
@@ -55,6 +92,7 @@ class DemoResult:
     files: dict = field(default_factory=dict)
     runtime: str = ""
     onnx_accuracy: dict | None = None  # the slim graph validated beside PyTorch (`deploy.accuracy`)
+    warnings: list[str] = field(default_factory=list)  # what makes the figures weak (`base_warnings`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +114,7 @@ class DemoResult:
         if a:
             lines.append(f"slim ONNX graph on the val split at {a['imgsz']}: mAP50-95 {a['onnx'][1]:.4f} (PyTorch "
                          f"{a['torch'][1]:.4f})")
+        lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -157,6 +196,9 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
         if r.cached:
             print(f"reused the finished run {base}")
     print(f"base mAP50-95 {base_map[1]:.4f}")
+    warnings = base_warnings(base_map[1], None if trained else _curve(out / "base"))
+    for w in warnings:
+        print(f"WARNING: {w}")
 
     _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} (shortcut rules, "
                 f"ratio searched)")
@@ -211,7 +253,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
                         files={"data": str(data), "base": str(base), "slim": str(slim), "finetuned": str(tuned),
                                "base_onnx": str(base_onnx), "slim_onnx": str(slim_onnx),
                                "slim_onnx_validated": str(val_onnx)},
-                        onnx_accuracy=checked.accuracy.to_dict())
+                        onnx_accuracy=checked.accuracy.to_dict(), warnings=warnings)
     result.rows = [
         DemoRow("base", rb.params, rb.gflops, rb.median_ms, 1.0, *base_map),
         DemoRow("slim, right after slimming", rs.params, rs.gflops, None, None, *slim_map),

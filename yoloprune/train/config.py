@@ -53,11 +53,6 @@ class PruningConfig:
     preserve_shortcuts: bool = field(default=True, metadata=_meta("apply shortcut rules (False: uniform ratio)"))
     shortcut_rules: str = field(default="yolo26", metadata=_meta("rules file: yolo26 or a YAML path"))
     round_to: int = field(default=8, metadata=_meta("kept channel counts are multiples of this"))
-    recalibrate_bn: bool = field(default=True, metadata=_meta(
-        "re-estimate BatchNorm statistics of the cut model and its EMA on calibration images (kept where the "
-        "held-back calibration loss falls)"))
-    calib_images: int = field(default=256, metadata=_meta(
-        "calibration images drawn (fixed seed, no augmentation) from the training split"))
 
     def validate(self, epochs: int | None = None) -> None:
         from ..importance import IMPORTANCES
@@ -78,8 +73,6 @@ class PruningConfig:
         if self.importance_metric in DATA_AWARE and self.pruning_method == "layer":
             raise UserError(f"importance_metric '{self.importance_metric}' scores channels; layer pruning takes l1, "
                             "l2, bn, lamp or random")
-        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
-            raise UserError(f"calib_images={self.calib_images!r} must be a whole number >= 1 (e.g. 256)")
         if self.pruning:
             if self.prune_at_epoch < 0:
                 raise UserError(f"prune_at_epoch={self.prune_at_epoch} must be >= 0 (0 prunes before the first epoch)")
@@ -90,6 +83,24 @@ class PruningConfig:
     @property
     def rules(self) -> str:
         return self.shortcut_rules if self.preserve_shortcuts else "none"
+
+
+@dataclass
+class CalibrationConfig:
+    """BatchNorm statistics on calibration images (a fixed sample of the training split, no augmentation)."""
+
+    recalibrate_bn: bool = field(default=True, metadata=_meta(
+        "after an in-training cut, re-estimate the BatchNorm statistics of the cut model and its EMA (kept where the "
+        "held-back calibration loss falls)"))
+    precise_bn: bool = field(default=True, metadata=_meta(
+        "at every epoch's end, re-estimate the EMA's BatchNorm statistics before validation and saving (kept where "
+        "the held-back calibration loss falls): running averages lag weights that move fast, as after a cut"))
+    calib_images: int = field(default=256, metadata=_meta(
+        "calibration images drawn (fixed seed, no augmentation) from the training split"))
+
+    def validate(self) -> None:
+        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
+            raise UserError(f"calib_images={self.calib_images!r} must be a whole number >= 1 (e.g. 256)")
 
 
 @dataclass
@@ -121,7 +132,7 @@ class DistillConfig:
                             f"use one of {', '.join(TYPES)}")
 
 
-CONFIGS = (SparsityConfig, PruningConfig, DistillConfig)
+CONFIGS = (SparsityConfig, PruningConfig, CalibrationConfig, DistillConfig)
 KEYS: dict[str, type] = {f.name: c for c in CONFIGS for f in fields(c)}
 
 
@@ -152,13 +163,15 @@ class CompressionConfig:
 
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     @classmethod
     def pop_from(cls, args: dict) -> "CompressionConfig":
         """Remove yoloprune's keys from `args` (in place) and return them as a config; values are type-checked."""
         cfg = cls()
-        parts = {SparsityConfig: cfg.sparsity, PruningConfig: cfg.pruning, DistillConfig: cfg.distill}
+        parts = {SparsityConfig: cfg.sparsity, PruningConfig: cfg.pruning, CalibrationConfig: cfg.calibration,
+                 DistillConfig: cfg.distill}
         for name in [k for k in args if k in KEYS]:
             owner = KEYS[name]
             setattr(parts[owner], name, _coerce(owner, name, args.pop(name)))
@@ -167,11 +180,12 @@ class CompressionConfig:
     def validate(self, epochs: int | None = None) -> "CompressionConfig":
         self.sparsity.validate()
         self.pruning.validate(epochs)
+        self.calibration.validate()
         self.distill.validate()
         return self
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(part, f.name) for part in (self.sparsity, self.pruning, self.distill)
+        return {f.name: getattr(part, f.name) for part in (self.sparsity, self.pruning, self.calibration, self.distill)
                 for f in fields(part)}
 
     def changed(self) -> dict:

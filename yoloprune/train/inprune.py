@@ -27,15 +27,13 @@ def _pruner(trainer, model: nn.Module, calibrate: bool = True):
         return LayerPruner(model, ratio=cfg.pruning_ratio, importance=cfg.importance_metric, imgsz=imgsz)
     from ..slim.slimmer import Slimmer
 
+    recal = trainer.compression.calibration.recalibrate_bn
     data = None  # planning needs no data: the widths do not depend on the scorer
-    if calibrate and (cfg.recalibrate_bn or cfg.importance_metric in DATA_AWARE) and trainer.args.task != "classify":
-        from ..calibrate import load_calibration
-
-        # the trainer's own data, unaugmented: a fixed sample of its training split at the training size
-        data = load_calibration(trainer.data, imgsz, cfg.calib_images, trainer.args.task, seed=0)
+    if calibrate and (recal or cfg.importance_metric in DATA_AWARE):
+        data = trainer.calibration()  # None for classification
     importance = cfg.importance_metric if data is not None or cfg.importance_metric not in DATA_AWARE else "l1"
     return Slimmer(model, ratio=cfg.pruning_ratio, importance=importance, rules=cfg.rules, round_to=cfg.round_to,
-                   imgsz=imgsz, data=data, recalibrate=cfg.recalibrate_bn)
+                   imgsz=imgsz, data=data, recalibrate=recal)
 
 
 def validate_prunable(trainer) -> None:

@@ -15,6 +15,8 @@ What it changes, and nothing else:
 - `pruning=True` slims the model and its EMA at the start of epoch `prune_at_epoch` (see `inprune.py`).
 - `distillation=True` adds a frozen teacher's distillation loss to the training model's criterion (see
   `distill_hooks.py`); the EMA, validation and checkpoints never see the teacher or the adapters.
+- `precise_bn=True` (default) re-estimates the EMA's BatchNorm statistics on a calibration sample of the training
+  images at every epoch's end, before validation and saving, kept where they measure better (see `precise_bn.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 
 from ..errors import UserError
 from . import distill_hooks as kd
+from . import precise_bn
 from .config import KEYS, CompressionConfig
 from .inprune import prune_in_training, validate_prunable
 from .regularize import build_regularizer, get_sparsity
@@ -102,12 +105,15 @@ class CompressionTrainer:
         self._last_sparsity: dict | None = None
         self.distiller = None
         self._pruned_epoch: int | None = None
+        self._calibration = None
+        self.precise_bn_result = None  # the last epoch's precise-BN verdict (`calibrate.Recalibration`)
         if self.compression.distill.distillation:
             self._teacher = kd.check_teacher(self)  # one-line errors now, before any training
             self._add_once("on_train_start", kd.install)
         self._add_once("on_train_batch_start", _count_batch)
         self._add_once("on_pretrain_routine_end", _announce)
         self._add_once("on_train_epoch_start", _maybe_prune)
+        self._add_once("on_train_epoch_end", precise_bn.refresh)
         if changed := self.compression.changed():
             LOGGER.info(f"{PREFIX} " + ", ".join(f"{k}={v}" for k, v in changed.items()))
 
@@ -126,6 +132,19 @@ class CompressionTrainer:
         self.compression = CompressionConfig.pop_from(dict(saved))
         if ignored := [k for k, v in asked.items() if saved.get(k) != v]:
             LOGGER.warning(f"{PREFIX} resume ignores {ignored}, using the checkpoint's values")
+
+    def calibration(self):
+        """The run's calibration sample (read once): a fixed sample of the training split at the training size,
+        without augmentation, shared by the in-training cut and precise BatchNorm; None for classification."""
+        if self.args.task == "classify":
+            return None
+        if self._calibration is None:
+            from ..calibrate import load_calibration
+
+            imgsz = int(self.args.imgsz if isinstance(self.args.imgsz, int) else max(self.args.imgsz))
+            self._calibration = load_calibration(self.data, imgsz, self.compression.calibration.calib_images,
+                                                 self.args.task, seed=0)
+        return self._calibration
 
     # --- model ---------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose=True):
