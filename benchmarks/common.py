@@ -20,3 +20,44 @@ class State:
 
         text = json.dumps(self.data, indent=2)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def search_ratio(speedup_at, target: float, max_ratio: float, known: dict, tol: float = 0.03, steps: int = 8) -> dict:
+    """Bisect a slimming ratio until its measured speed-up is within `tol` of `target`; keep the nearest.
+
+    Args:
+        speedup_at: ratio -> measured speed-up (cached by the caller; it fills `known`).
+        known: {ratio: speed-up} measured so far (read after every call of `speedup_at`).
+
+    Returns:
+        {"ratio", "speedup"} of the nearest ratio, or {"unreachable": why} when `max_ratio` stays below the target.
+    """
+    top = speedup_at(max_ratio)
+    if top < target * (1 - tol):
+        return {"unreachable": f"reaches {top:.2f}x at ratio {max_ratio}"}
+    near = max_ratio
+    for step in range(steps + 1):
+        lo = max([r for r, s in known.items() if s < target] + [0.0])
+        hi = min(r for r, s in known.items() if s >= target)
+        near = min(known, key=lambda r: abs(known[r] / target - 1))
+        if abs(known[near] / target - 1) <= tol or hi - lo <= 0.011 or step == steps:
+            break
+        speedup_at(round((lo + hi) / 2, 2))
+    return {"ratio": near, "speedup": known[near]}
+
+
+def reinitialize(model):
+    """The same architecture with fresh weights, initialised as Ultralytics initialises a model built from its YAML
+    (PyTorch's default initialisation, Ultralytics' BatchNorm settings and detection-head biases)."""
+    import torch
+    from ultralytics.nn.tasks import initialize_weights
+
+    model = copy.deepcopy(model).float()
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+    head = model.model[-1]
+    if hasattr(head, "bias_init") and torch.is_tensor(getattr(head, "stride", None)) and head.stride.numel():
+        head.bias_init()
+    initialize_weights(model)
+    return model

@@ -19,8 +19,8 @@ epochs with the same recipe ("equally-trained base"). Points:
 
 Resumable: the state lives in the cache folder; a point (search, slim, fine-tune) already measured is not redone.
 
-    python benchmarks/tradeoff.py --json benchmarks/results/tradeoff.json --png benchmarks/results/tradeoff.png
-    python benchmarks/tradeoff.py --data my.yaml --base my-best.pt --imgsz 640     # your own data and base
+    python benchmarks/methods.py --json benchmarks/results/methods.json --png benchmarks/results/methods.png
+    python benchmarks/methods.py --data my.yaml --base my-best.pt --imgsz 640     # your own data and base
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
-from common import State  # noqa: E402
+from common import State, search_ratio  # noqa: E402
 
 LINES = ("uniform", "rules", "latency")
 
@@ -132,21 +132,22 @@ class Sweep:
             self.state.save()
         return m[key]
 
-    def search(self, kind: str, target: float, tol: float = 0.03, steps: int = 8) -> dict:
-        """Bisect the ratio of `kind` until the measured speed-up is within `tol` of `target`; keep the nearest."""
-        top = self.measured(kind, self.args.max_ratio)["speedup"]
-        if top < target * (1 - tol):
-            return {"unreachable": f"{kind} reaches {top:.2f}x at ratio {self.args.max_ratio}"}
-        for step in range(steps + 1):
-            known = {float(k.split("-")[1]): v["speedup"] for k, v in self.state.data["measured"].items()
-                     if k.startswith(kind + "-")}
-            lo = max([r for r, s in known.items() if s < target] + [0.0])
-            hi = min(r for r, s in known.items() if s >= target)
-            near = min(known, key=lambda r: abs(known[r] / target - 1))
-            if abs(known[near] / target - 1) <= tol or hi - lo <= 0.011 or step == steps:
-                break
-            self.measured(kind, round((lo + hi) / 2, 2))
-        return {"ratio": near, **self.measured(kind, near)}
+    def search(self, kind: str, target: float) -> dict:
+        """The ratio of `kind` whose measured speed-up is within 3 % of `target` (bisected; the nearest)."""
+        known = {}
+
+        def speedup_at(ratio):
+            known.update({float(k.split("-")[1]): v["speedup"] for k, v in self.state.data["measured"].items()
+                          if k.startswith(kind + "-")})
+            s = self.measured(kind, ratio)["speedup"]
+            known[ratio] = s
+            return s
+
+        speedup_at(self.args.max_ratio)
+        found = search_ratio(speedup_at, target, self.args.max_ratio, known)
+        if "ratio" not in found:
+            return {"unreachable": f"{kind} {found['unreachable']}"}
+        return {"ratio": found["ratio"], **self.measured(kind, found["ratio"])}
 
     def searched(self, kind: str, target: float) -> tuple[Path | None, dict]:
         found = self.search(kind, target)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from yoloprune.data import make_dataset
+from yoloprune.errors import UserError
 from yoloprune.train import L1Regularizer, StructuredL1Regularizer
 
 COLUMNS = {"detect": 5, "obb": 9, "pose": 5 + 4 * 3}
@@ -50,6 +51,25 @@ def test_occluded_objects_are_labelled_by_their_visible_part(tmp_path):
     make_dataset(tmp_path, "detect", train=40, val=1, imgsz=128, max_objects=6, seed=3)
     counts = [len(p.read_text().splitlines()) for p in (tmp_path / "labels/train").glob("*.txt")]
     assert max(counts) >= 4 and min(counts) >= 0
+
+
+def test_hard_preset_has_smaller_objects_and_clutter(tmp_path):
+    """The hard preset: objects smaller on average, the scenes busier; deterministic like the normal one."""
+    def boxes(root):
+        return np.array([[float(x) for x in line.split()] for f in sorted((root / "labels/train").glob("*.txt"))
+                         for line in f.read_text().splitlines()])
+
+    normal = make_dataset(tmp_path / "n", "detect", train=12, val=1, imgsz=128, classes=8, max_objects=8).parent
+    hard = make_dataset(tmp_path / "h", "detect", train=12, val=1, imgsz=128, classes=8, max_objects=8,
+                        preset="hard").parent
+    again = make_dataset(tmp_path / "h2", "detect", train=12, val=1, imgsz=128, classes=8, max_objects=8,
+                         preset="hard").parent
+    assert digest(hard) == digest(again) != digest(normal)
+    area_n, area_h = (np.median(b[:, 3] * b[:, 4]) for b in (boxes(normal), boxes(hard)))
+    print(f"median box area: normal {area_n:.4f}, hard {area_h:.4f}")
+    assert area_h < area_n / 2 and set(boxes(hard)[:, 0].astype(int)) <= set(range(8))
+    with pytest.raises(UserError, match="preset 'hrad' is unknown"):
+        make_dataset(tmp_path / "x", preset="hrad")
 
 
 def test_regularizer_gradient_matches_autograd():

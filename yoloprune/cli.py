@@ -128,7 +128,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     from .data import make_dataset
 
     out = make_dataset(args.dir, task=args.task, train=args.train, val=args.val, imgsz=args.imgsz,
-                       classes=args.classes, seed=args.seed)
+                       classes=args.classes, seed=args.seed, preset=args.preset, max_objects=args.max_objects)
     print(f"wrote {args.train} train + {args.val} val {args.task} images; use data={out}")
     return 0
 
@@ -302,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--imgsz", type=int, default=160, help="image size (default 160)")
     d.add_argument("--classes", type=int, default=3, help="shape classes, up to 8 (default 3)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--preset", default="normal",
+                   help="normal, or hard: smaller and thinner objects, lower contrast, unlabelled clutter (default "
+                        "normal; use it with --classes 8 --max-objects 12)")
+    d.add_argument("--max-objects", type=int, default=5, help="most objects per image (default 5)")
     d.set_defaults(func=cmd_dataset)
     return parser
 

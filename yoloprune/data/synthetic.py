@@ -10,6 +10,7 @@ writes the same files.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,8 +24,24 @@ TASKS = ("detect", "segment", "pose", "obb", "classify")
 MIN_VISIBLE = 0.4
 
 
-def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
-    """Vertices (N, 2) of a shape of radius `r` centred on (cx, cy) and turned by `angle` radians."""
+@dataclass(frozen=True)
+class Preset:
+    """How hard the scenes are: object sizes (radius as a share of the image), how thin they may be, how close
+    their colour may come to the background's, and how many unlabelled distractors clutter the scene."""
+
+    radius: tuple[float, float] = (0.07, 0.22)
+    thinnest: float = 1.0  # objects are squeezed along one axis down to this share of their width
+    contrast: float = 120.0  # least summed RGB distance between an object and the background under it
+    clutter: int = 0  # most unlabelled distractors (strokes and blobs unlike any class) per image
+
+
+PRESETS = {"normal": Preset(),
+           "hard": Preset(radius=(0.035, 0.12), thinnest=0.35, contrast=60.0, clutter=6)}
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float, angle: float, squeeze: float = 1.0) -> np.ndarray:
+    """Vertices (N, 2) of a shape of radius `r` centred on (cx, cy), squeezed to `squeeze` of its height and turned
+    by `angle` radians."""
     if kind == "circle":
         t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
         rad = np.full_like(t, r)
@@ -40,8 +57,9 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndar
         sides = {"square": 4, "triangle": 3, "hexagon": 6, "diamond": 4, "pentagon": 5}[kind]
         t = np.linspace(0, 2 * math.pi, sides, endpoint=False) + (math.pi / 4 if kind == "square" else 0)
         rad = np.full_like(t, r) * (np.array([1.0, 0.6] * (sides // 2)) if kind == "diamond" else 1.0)
-    t = t + angle
-    return np.stack([cx + rad * np.cos(t), cy + rad * np.sin(t)], 1)
+    x, y = rad * np.cos(t), rad * np.sin(t) * squeeze
+    c, s = math.cos(angle), math.sin(angle)
+    return np.stack([cx + c * x - s * y, cy + s * x + c * y], 1)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -60,23 +78,43 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _scene(rng: np.random.Generator, size: int, classes: int, max_objects: int, single: int | None = None):
+def _clutter(rng: np.random.Generator, img: np.ndarray, size: int, n: int) -> None:
+    """Up to `n` unlabelled distractors: straight strokes and open rings, nothing a filled class shape looks like."""
+    for _ in range(int(rng.integers(0, n + 1))):
+        colour = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        width = max(1, int(rng.uniform(0.005, 0.02) * size))
+        if rng.random() < 0.5:
+            p0, p1 = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
+            cv2.line(img, tuple(int(v) for v in p0), tuple(int(v) for v in p1), colour, width)
+        else:
+            centre = tuple(int(v) for v in rng.uniform(0, size, 2))
+            axes = tuple(max(2, int(v)) for v in rng.uniform(0.03, 0.1, 2) * size)
+            start = float(rng.uniform(0, 360))
+            cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), start, start + float(rng.uniform(180, 300)),
+                        colour, width)
+
+
+def _scene(rng: np.random.Generator, size: int, classes: int, max_objects: int, single: int | None = None,
+           preset: Preset = PRESETS["normal"]):
     """Draw one image (one object of class `single` if given); return it with (class, polygon, visible mask)."""
     img = _background(rng, size)
+    if preset.clutter:
+        _clutter(rng, img, size, preset.clutter)
     objects = []
     n = 1 if single is not None else int(rng.integers(1, max_objects + 1))
     for _ in range(n):
         c = int(rng.integers(classes)) if single is None else single
-        r = rng.uniform(0.25, 0.4) * size if single is not None else rng.uniform(0.07, 0.22) * size
+        r = rng.uniform(0.25, 0.4) * size if single is not None else rng.uniform(*preset.radius) * size
         cx, cy = (size / 2 + rng.uniform(-0.1, 0.1) * size, size / 2 + rng.uniform(-0.1, 0.1) * size) if single \
             else (rng.uniform(0.05, 0.95) * size, rng.uniform(0.05, 0.95) * size)
-        poly = _polygon(SHAPES[c], cx, cy, r, rng.uniform(0, 2 * math.pi))
+        squeeze = rng.uniform(preset.thinnest, 1.0) if preset.thinnest < 1 else 1.0
+        poly = _polygon(SHAPES[c], cx, cy, r, rng.uniform(0, 2 * math.pi), squeeze)
         mask = np.zeros((size, size), np.uint8)
         cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
         if mask.sum() < 16:
             continue
         colour = rng.uniform(0, 255, 3)
-        while np.abs(colour - img[mask > 0].mean(0)).sum() < 120:  # keep the object distinguishable
+        while np.abs(colour - img[mask > 0].mean(0)).sum() < preset.contrast:  # keep the object distinguishable
             colour = rng.uniform(0, 255, 3)
         shade = colour + rng.normal(0, 10, (size, size, 3))
         img = np.where(mask[..., None] > 0, shade, img)
@@ -114,7 +152,7 @@ def _label(task: str, c: int, poly: np.ndarray, vis: np.ndarray, size: int) -> s
 
 
 def make_dataset(root, task: str = "detect", train: int = 32, val: int = 16, imgsz: int = 160, classes: int = 3,
-                 max_objects: int = 5, seed: int = 0) -> Path:
+                 max_objects: int = 5, seed: int = 0, preset: str = "normal") -> Path:
     """Write a synthetic dataset in Ultralytics' format and return what `data=` takes.
 
     Args:
@@ -125,6 +163,8 @@ def make_dataset(root, task: str = "detect", train: int = 32, val: int = 16, img
         classes: number of shape classes (at most 8: circle, square, triangle, star, hexagon, cross, diamond, pentagon).
         max_objects: most objects per image (classification images hold one).
         seed: images depend only on the seed and the arguments.
+        preset: `normal`, or `hard`: smaller objects (3.5-12 % of the image), squeezed down to a third of their
+            width, lower contrast, and up to 6 unlabelled distractors per image (use it with more classes and objects).
 
     Returns:
         The `data.yaml` path (detect, segment, pose, obb) or the dataset folder (classify).
@@ -139,6 +179,10 @@ def make_dataset(root, task: str = "detect", train: int = 32, val: int = 16, img
         raise UserError(f"task '{task}' is unknown{close_match(task, TASKS)}; choose one of {', '.join(TASKS)}")
     if not 1 <= classes <= len(SHAPES):
         raise UserError(f"classes {classes!r} must be between 1 and {len(SHAPES)}")
+    if preset not in PRESETS:
+        from ..errors import close_match
+
+        raise UserError(f"preset '{preset}' is unknown{close_match(preset, PRESETS)}; choose one of {', '.join(PRESETS)}")
     if train < 1 or val < 1 or imgsz < 32 or max_objects < 1:
         raise UserError("train and val need at least 1 image, imgsz at least 32 pixels, max_objects at least 1")
     root = Path(root)
@@ -147,7 +191,7 @@ def make_dataset(root, task: str = "detect", train: int = 32, val: int = 16, img
         for i in range(count):
             rng = np.random.default_rng([seed, offset + i])
             single = i % classes if task == "classify" else None  # balanced classes for classification
-            img, objects = _scene(rng, imgsz, classes, max_objects, single=single)
+            img, objects = _scene(rng, imgsz, classes, max_objects, single=single, preset=PRESETS[preset])
             if task == "classify":
                 folder = root / split / names[single]
                 folder.mkdir(parents=True, exist_ok=True)
