@@ -1,0 +1,396 @@
+"""Accuracy kept at a measured speed-up, against honest baselines: converged bases, several seeds, one or two models.
+
+For each model of `--models` a base is trained on the data until its validation mAP50-95 stops rising (`--patience`
+epochs without a new best, at most `--max-epochs`; its epochs and curve are recorded). At each speed-up of
+`--speedups`, measured on ONNX Runtime CPU at `--bench-imgsz` against that base, side by side:
+
+- `slim`: the product's way. The shortcut-rules plan, its ratio searched until the measured speed-up is within 3 %;
+  cut with calibration data (taylor scores, judged BatchNorm recalibration); fine-tuned `--epochs` epochs with
+  distillation from the base and precise BatchNorm.
+- `tp-floor`: the plain Torch-Pruning recipe as a floor: one uniform ratio searched to the same measured speed-up,
+  l1 magnitude, `round_to` 16, no rules, no calibration, fine-tuned `--epochs` without distillation.
+- `scratch`: the `slim` architecture with fresh weights, trained as long as base and fine-tune together.
+- `small-input`: the base itself at a smaller input, the size nearest the same measured speed-up (sizes step by 32 at
+  the training size, timed at the same fraction of the bench size), fine-tuned `--epochs` at that size.
+- `reference` (1.0x): the base trained the same `--epochs` more (the equally-trained base).
+- `sibling` (with two models): the larger slimmed to the smaller's measured latency, fine-tuned with distillation
+  from the larger, against the smaller's reference.
+
+Every fine-tune and from-scratch run at `--seed-speedup` (2x) runs once per training seed of `--seeds` (data order and
+augmentation; the base is one run); the other speed-ups use the first seed. mAP by Ultralytics' validator.
+Resumable: every finished measurement and run is kept in the cache folder and in the state file at once.
+
+    python benchmarks/tradeoff.py --quick                 # yolo26n, small sizes, one seed: under 30 minutes
+    python benchmarks/tradeoff.py --json benchmarks/results/tradeoff.json --png benchmarks/results/tradeoff.png
+    python benchmarks/tradeoff.py --models yolo26n.yaml,yolo26s.yaml ...      # + yolo26s and the sibling question
+    python benchmarks/tradeoff.py --data my.yaml --imgsz 640 ...              # any detection data set
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from yoloprune.offline import use_offline  # noqa: E402
+
+use_offline(ROOT / "cache" / "config")
+
+from common import State, reinitialize, search_ratio  # noqa: E402
+
+METHODS = ("slim", "tp-floor", "scratch", "small-input")
+QUICK = {"train": 128, "val": 32, "imgsz": 96, "max_epochs": 30, "patience": 8, "epochs": 3, "speedups": "2",
+         "seeds": "0", "runs": 15}
+
+
+class Bench:
+    def __init__(self, a):
+        from yoloprune.pipeline import Recipe
+
+        self.a = a
+        key = json.dumps({k: getattr(a, k) for k in ("data", "train", "val", "imgsz", "batch", "max_epochs",
+                                                     "patience", "preset")})
+        self.cache = ROOT / "cache" / f"tradeoff2-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+        (self.cache / "slim").mkdir(parents=True, exist_ok=True)
+        self.state = State(self.cache / "state.json", {"bases": {}, "measured": {}, "runs": {}, "points": {}})
+        self.recipe = lambda seed=0, imgsz=a.imgsz: Recipe(imgsz=imgsz, batch=a.batch, seed=seed)
+        self.calibs = {}
+
+    def save(self):
+        self.state.save()
+
+    # -- data and bases -----------------------------------------------------------------------------------------
+    def prepare(self, models):
+        from yoloprune.data import make_dataset
+        from yoloprune.deploy.export import export
+        from yoloprune.pipeline import train_run, validate
+
+        a = self.a
+        if a.data:
+            self.data = Path(a.data)
+        else:
+            self.data = self.cache / "shapes" / "data.yaml"
+            if not self.data.exists():
+                hard = {"classes": 8, "max_objects": 12} if a.preset == "hard" else {}
+                make_dataset(self.cache / "shapes", "detect", train=a.train, val=a.val, imgsz=a.imgsz, seed=0,
+                             preset=a.preset, **hard)
+        self.bases = {}
+        for model in models:
+            stem = Path(model).stem
+            r = train_run(model, self.data, self.cache, f"base-{stem}", a.max_epochs, self.recipe(),
+                          patience=a.patience)
+            self.bases[stem] = Path(r.weights)
+            if stem not in self.state.data["bases"]:
+                curve = _curve(self.cache / f"base-{stem}")
+                self.state.data["bases"][stem] = {
+                    "weights": r.weights, "epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1,
+                    "curve": curve, "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
+                    "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
+                self.save()
+            b = self.state.data["bases"][stem]
+            print(f"base {stem}: mAP50-95 {b['map50_95']:.4f} after {b['epochs']} epochs (best {b['best_epoch']}, "
+                  f"stopped by {b['stopped']})")
+            onnx = self.cache / f"{stem}-{a.bench_imgsz}.onnx"
+            if not onnx.exists():
+                export(self.bases[stem], imgsz=a.bench_imgsz, output=onnx, verbose=False)
+
+    def calibration(self):
+        from yoloprune.calibrate import load_calibration
+
+        if "c" not in self.calibs:
+            self.calibs["c"] = load_calibration(self.data, self.a.imgsz)
+        return self.calibs["c"]
+
+    # -- timing -------------------------------------------------------------------------------------------------
+    def timed(self, key: str, stem: str, make) -> dict:
+        """Speed-up of what `make()` returns (a slim .pt, or (onnx, imgsz)) against base `stem`, measured once."""
+        m = self.state.data["measured"].setdefault(stem, {})
+        if key not in m:
+            from yoloprune.deploy.export import export
+            from yoloprune.deploy.runtime import OrtRunner, interleaved
+
+            import numpy as np
+
+            what = make()
+            onnx, size = what if isinstance(what, tuple) else (None, self.a.bench_imgsz)
+            if onnx is None:
+                onnx = self.cache / "slim" / f"{Path(what).stem}-{size}.onnx"
+                if not onnx.exists():
+                    export(what, imgsz=size, output=onnx, verbose=False)
+            base = self.cache / f"{stem}-{self.a.bench_imgsz}.onnx"
+            runners = [OrtRunner(base, self.a.bench_imgsz, 1, "cpu", self.a.threads),
+                       OrtRunner(onnx, size, 1, "cpu", self.a.threads)]
+            t0, t1 = (np.array(t) for t in interleaved(runners, 5, self.a.runs))
+            ratios = t0 / t1
+            m[key] = {"speedup": round(float(np.median(t0) / np.median(t1)), 3),
+                      "p10": round(float(np.percentile(ratios, 10)), 3),
+                      "p90": round(float(np.percentile(ratios, 90)), 3),
+                      "ms": round(float(np.median(t1)) * 1e3, 2), "base_ms": round(float(np.median(t0)) * 1e3, 2)}
+            self.save()
+        return m[key]
+
+    def cut(self, stem: str, kind: str, ratio: float, calibrated: bool = False) -> Path:
+        from yoloprune import Slimmer
+
+        out = self.cache / "slim" / f"{stem}-{kind}-{ratio:.2f}{'-cal' if calibrated else ''}.pt"
+        if not out.exists():
+            Slimmer(str(self.bases[stem]), ratio=ratio, importance="taylor" if calibrated else "l1",
+                    rules="none" if kind == "uniform" else "yolo26", round_to=16, imgsz=self.a.bench_imgsz,
+                    data=self.calibration() if calibrated else None).save(out)
+        return out
+
+    def ratio_for(self, stem: str, kind: str, target: float) -> dict:
+        known = {}
+
+        def speedup_at(ratio):
+            known[ratio] = self.timed(f"{kind}-{ratio:.2f}", stem, lambda: self.cut(stem, kind, ratio))["speedup"]
+            known.update({float(k.split("-")[1]): v["speedup"] for k, v in self.state.data["measured"][stem].items()
+                          if k.startswith(kind + "-")})
+            return known[ratio]
+
+        return search_ratio(speedup_at, target, self.a.max_ratio, known)
+
+    def small_input(self, stem: str, target: float) -> dict:
+        """The training size (a multiple of 32 below `--imgsz`) whose bench-scale size measures nearest `target`."""
+        from yoloprune.deploy.export import export
+
+        best = None
+        for t in range(self.a.imgsz - 32, 31, -32):
+            size = round(self.a.bench_imgsz * t / self.a.imgsz / 32) * 32
+
+            def make(size=size):
+                onnx = self.cache / f"{stem}-{size}.onnx"
+                if not onnx.exists():
+                    export(self.bases[stem], imgsz=size, output=onnx, verbose=False)
+                return onnx, size
+
+            m = self.timed(f"input-{size}", stem, make)
+            if best is None or abs(m["speedup"] / target - 1) < abs(best["speedup"] / target - 1):
+                best = {**m, "imgsz": t, "bench_imgsz": size}
+            if m["speedup"] >= target:
+                break
+        return best
+
+    # -- runs ---------------------------------------------------------------------------------------------------
+    def run(self, key: str, model, epochs: int, seed: int, imgsz: int | None = None, **keys) -> dict:
+        from yoloprune.pipeline import train_run
+
+        runs = self.state.data["runs"]
+        if key not in runs:
+            r = train_run(model, self.data, self.cache / "runs", key.replace("|", "-").replace("@", "-"), epochs,
+                          self.recipe(seed, imgsz or self.a.imgsz), verbose=False, **keys)
+            runs[key] = {"map50_95": r.map50_95, "map50": r.map50, "epochs": epochs, "seconds": r.seconds}
+            self.save()
+        return runs[key]
+
+    def points(self, stem: str) -> None:
+        from tqdm import tqdm
+
+        from yoloprune.checkpoint import load_model, save_checkpoint
+        from yoloprune.pipeline import kd_keys, validate
+
+        a, base = self.a, self.bases[stem]
+        b = self.state.data["bases"][stem]
+        for seed in a.seeds:
+            self.run(f"{stem}|reference|{seed}", base, a.epochs, seed)
+        for sp in tqdm(a.speedups, desc=f"{stem} speed-ups", unit="speed-up"):
+            seeds = a.seeds if sp == a.seed_speedup else a.seeds[:1]
+            pts = self.state.data["points"].setdefault(stem, {})
+            p = pts.setdefault(f"{sp:g}", {})
+            for kind, name in (("rules", "slim"), ("uniform", "tp-floor")):
+                found = self.ratio_for(stem, kind, sp)
+                if "ratio" not in found:
+                    p[name] = {"unreachable": f"{kind} {found['unreachable']}"}
+                    continue
+                r = found["ratio"]
+                slim = self.cut(stem, kind, r, calibrated=name == "slim")
+                p.setdefault(name, {"ratio": r, **self.timed(f"{kind}-{r:.2f}", stem, lambda: slim),
+                                    "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
+                keys = kd_keys(base) if name == "slim" else {"precise_bn": False}
+                for seed in seeds:
+                    self.run(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, **keys)
+                if name == "slim":
+                    scratch = self.cache / "slim" / f"{stem}-scratch-{r:.2f}.pt"
+                    if not scratch.exists():
+                        loaded = load_model(slim)
+                        save_checkpoint(reinitialize(loaded.model), scratch, loaded)
+                    p.setdefault("scratch", {"ratio": r, **p["slim"], "cut": None})
+                    for seed in seeds:
+                        self.run(f"{stem}|scratch@{sp:g}|{seed}", scratch, b["epochs"] + a.epochs, seed)
+            small = self.small_input(stem, sp)
+            p["small-input"] = {**small, "cut": round(validate(base, self.data, small["imgsz"], a.batch)[1], 4)}
+            for seed in seeds:
+                self.run(f"{stem}|small-input@{sp:g}|{seed}", base, a.epochs, seed, imgsz=small["imgsz"])
+            self.save()
+
+    def sibling(self, small: str, large: str) -> None:
+        """The larger model slimmed to the smaller's measured latency, against the smaller trained as long."""
+        from yoloprune.pipeline import kd_keys, validate
+
+        a = self.a
+        lat = self.timed(f"sibling-{small}", large, lambda: (self.cache / f"{small}-{a.bench_imgsz}.onnx",
+                                                             a.bench_imgsz))
+        found = self.ratio_for(large, "rules", lat["speedup"])
+        p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
+        if "ratio" not in found:
+            p["unreachable"] = found["unreachable"]
+            return
+        slim = self.cut(large, "rules", found["ratio"], calibrated=True)
+        p.update({"ratio": found["ratio"], **self.timed(f"rules-{found['ratio']:.2f}", large, lambda: slim),
+                  "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
+        for seed in a.seeds:
+            self.run(f"{large}|sibling|{seed}", slim, a.epochs, seed, **kd_keys(self.bases[large]))
+        self.save()
+
+    # -- output -------------------------------------------------------------------------------------------------
+    def finals(self, stem: str, name: str, sp=None) -> list[float]:
+        tag = f"{name}@{sp:g}" if sp is not None else name
+        return [r["map50_95"] for k, r in self.state.data["runs"].items() if k.startswith(f"{stem}|{tag}|")]
+
+    def table(self) -> str:
+        s, a = self.state.data, self.a
+        lines = [f"mAP50-95 (Ultralytics' validator, {a.imgsz} px) after {a.epochs} fine-tune epochs: mean ± half the "
+                 f"range over seeds (n); speed-up: ONNX Runtime CPU {a.bench_imgsz} px, {a.threads} threads, median "
+                 f"of {a.runs} interleaved rounds (p10-p90 of the per-round ratios)", "",
+                 "| model | point | speed-up | right after the cut | after fine-tuning | n | % of reference |",
+                 "|---|---|---|---|---|---|---|"]
+        for stem, b in s["bases"].items():
+            ref = self.finals(stem, "reference")
+            refm = statistics.mean(ref) if ref else float("nan")
+            lines.append(f"| {stem} | base ({b['epochs']} epochs, best {b['best_epoch']}) | 1.00x | {b['map50_95']:.4f} "
+                         f"| | | |")
+            lines.append(f"| {stem} | reference (base + {a.epochs} epochs) | 1.00x | | {_ms(ref)} | {len(ref)} | "
+                         "100 % |")
+            for sp, p in s["points"].get(stem, {}).items():
+                for name in METHODS:
+                    q = p.get(name)
+                    if not q:
+                        continue
+                    if "unreachable" in q:
+                        lines.append(f"| {stem} | {name} @{sp}x | {q['unreachable']} | | | | |")
+                        continue
+                    v = self.finals(stem, name, float(sp))
+                    size = f", {q['imgsz']} px" if name == "small-input" else ""
+                    cut = "" if q.get("cut") is None else f"{q['cut']:.4f}"
+                    lines.append(f"| {stem} | {name} @{sp}x{size} | {q['speedup']:.2f}x ({q['p10']:.2f}-{q['p90']:.2f})"
+                                 f" | {cut} | {_ms(v)} | {len(v)} | "
+                                 f"{statistics.mean(v) / refm:.0%} |" if v and refm else "| |")
+        for key, p in s["points"].items():
+            if "->" in key and "speedup" in p:
+                large, small = key.split("->")
+                v, ref = self.finals(large, "sibling"), self.finals(small, "reference")
+                lines.append(f"| {large} | sibling: slimmed to {small}'s latency ({p['target']:.2f}x) | "
+                             f"{p['speedup']:.2f}x ({p['p10']:.2f}-{p['p90']:.2f}) | {p['cut']:.4f} | {_ms(v)} | "
+                             f"{len(v)} | {small} reference: {_ms(ref)} |")
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        s = self.state.data
+        stems = list(s["bases"])
+        fig, axes = plt.subplots(1, len(stems), figsize=(6.5 * len(stems), 4.5), squeeze=False)
+        for ax, stem in zip(axes[0], stems):
+            for name, marker in zip(METHODS, "osx^"):
+                xs, ys, lo, hi = [], [], [], []
+                for sp, p in s["points"].get(stem, {}).items():
+                    v = self.finals(stem, name, float(sp))
+                    if v and "speedup" in p.get(name, {}):
+                        xs.append(p[name]["speedup"])
+                        ys.append(statistics.mean(v))
+                        lo.append(ys[-1] - min(v))
+                        hi.append(max(v) - ys[-1])
+                if xs:
+                    order = sorted(range(len(xs)), key=xs.__getitem__)
+                    ax.errorbar([xs[i] for i in order], [ys[i] for i in order], capsize=3, marker=marker, label=name,
+                                yerr=[[lo[i] for i in order], [hi[i] for i in order]])
+            ref = self.finals(stem, "reference")
+            if ref:
+                ax.errorbar([1.0], [statistics.mean(ref)], yerr=[[statistics.mean(ref) - min(ref)],
+                                                                 [max(ref) - statistics.mean(ref)]],
+                            marker="*", ms=12, color="k", capsize=3, ls="none", label="reference (base + epochs)")
+            ax.set_title(f"{stem}: base {s['bases'][stem]['map50_95']:.3f} after {s['bases'][stem]['epochs']} epochs")
+            ax.set_xlabel(f"measured ONNX Runtime CPU speed-up ({self.a.bench_imgsz} px)")
+            ax.set_ylabel(f"mAP50-95 after {self.a.epochs} epochs")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+
+
+def _ms(v: list[float]) -> str:
+    if not v:
+        return "-"
+    return f"{statistics.mean(v):.4f}" + (f" ± {(max(v) - min(v)) / 2:.4f}" if len(v) > 1 else "")
+
+
+def _curve(run: Path) -> list[float]:
+    from yoloprune.demo import _curve as read
+
+    return [round(v, 4) for v in read(run)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"small and short: {QUICK}")
+    p.add_argument("--models", default="yolo26n.yaml", help="model YAMLs, smallest first (default yolo26n.yaml)")
+    p.add_argument("--data", help="data.yaml of your own (default: the synthetic set, made here)")
+    p.add_argument("--preset", default="normal", choices=("normal", "hard"),
+                   help="synthetic set: normal, or hard (8 classes, up to 12 smaller, thinner objects, clutter)")
+    p.add_argument("--train", type=int, default=256, help="synthetic training images (default 256)")
+    p.add_argument("--val", type=int, default=64, help="synthetic validation images (default 64)")
+    p.add_argument("--imgsz", type=int, default=128, help="training / validation size (default 128)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max-epochs", type=int, default=200, help="cap of the base's training (default 200)")
+    p.add_argument("--patience", type=int, default=20, help="epochs without a new best that end it (default 20)")
+    p.add_argument("--epochs", type=int, default=10, help="fine-tune epochs (and the reference's extra; default 10)")
+    p.add_argument("--speedups", default="1.5,2,3", help="measured speed-ups (default 1.5,2,3)")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds at --seed-speedup (default 0,1,2)")
+    p.add_argument("--seed-speedup", type=float, default=2.0, help="the speed-up measured over every seed (default 2)")
+    p.add_argument("--bench-imgsz", type=int, default=640, help="size of the latency figures (default 640)")
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds (default 30)")
+    p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
+    p.add_argument("--json", help="write the state and the table here")
+    p.add_argument("--png", help="write the plot here")
+    a = p.parse_args(argv)
+    if a.quick:
+        given = {k for k in vars(a) if f"--{k.replace('_', '-')}" in (argv or sys.argv[1:])}
+        for k, v in QUICK.items():
+            if k not in given:
+                setattr(a, k, v)
+    a.speedups = [float(x) for x in str(a.speedups).split(",") if x.strip()]
+    a.seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()]
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+
+    bench = Bench(a)
+    bench.prepare(models)
+    print("slimming, timing (keep the machine otherwise idle) and training every point")
+    for m in models:
+        bench.points(Path(m).stem)
+    if len(models) > 1:
+        bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
+    table = bench.table()
+    print(table)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({**bench.state.data, "args": vars(a), "table": table}, indent=2))
+        print(f"saved {a.json}")
+    if a.png:
+        bench.plot(Path(a.png))
+        print(f"saved {a.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
