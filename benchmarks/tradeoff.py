@@ -45,8 +45,7 @@ use_offline(ROOT / "cache" / "config")
 from common import State, reinitialize, search_ratio  # noqa: E402
 
 METHODS = ("slim", "tp-floor", "scratch", "small-input")
-QUICK = {"train": 128, "val": 32, "imgsz": 96, "max_epochs": 30, "patience": 8, "epochs": 3, "speedups": "2",
-         "seeds": "0", "runs": 15}
+QUICK = {"max_epochs": 40, "patience": 10, "epochs": 5, "speedups": "2", "seeds": "0", "runs": 20}
 
 
 class Bench:
@@ -190,6 +189,8 @@ class Bench:
         return runs[key]
 
     def points(self, stem: str) -> None:
+        """Every cut and timing first (the machine must be quiet then), then the fine-tunes, then the long
+        from-scratch runs: an interrupted run has its cheapest answers first."""
         from tqdm import tqdm
 
         from yoloprune.checkpoint import load_model, save_checkpoint
@@ -197,11 +198,10 @@ class Bench:
 
         a, base = self.a, self.bases[stem]
         b = self.state.data["bases"][stem]
-        for seed in a.seeds:
-            self.run(f"{stem}|reference|{seed}", base, a.epochs, seed)
-        for sp in tqdm(a.speedups, desc=f"{stem} speed-ups", unit="speed-up"):
+        pts = self.state.data["points"].setdefault(stem, {})
+        jobs, scratch_jobs = [], []
+        for sp in tqdm(a.speedups, desc=f"{stem} cuts and timing", unit="speed-up"):
             seeds = a.seeds if sp == a.seed_speedup else a.seeds[:1]
-            pts = self.state.data["points"].setdefault(stem, {})
             p = pts.setdefault(f"{sp:g}", {})
             for kind, name in (("rules", "slim"), ("uniform", "tp-floor")):
                 found = self.ratio_for(stem, kind, sp)
@@ -213,21 +213,25 @@ class Bench:
                 p.setdefault(name, {"ratio": r, **self.timed(f"{kind}-{r:.2f}", stem, lambda: slim),
                                     "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
                 keys = kd_keys(base) if name == "slim" else {"precise_bn": False}
-                for seed in seeds:
-                    self.run(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, **keys)
+                jobs += [(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, None, keys) for seed in seeds]
                 if name == "slim":
                     scratch = self.cache / "slim" / f"{stem}-scratch-{r:.2f}.pt"
                     if not scratch.exists():
                         loaded = load_model(slim)
                         save_checkpoint(reinitialize(loaded.model), scratch, loaded)
-                    p.setdefault("scratch", {"ratio": r, **p["slim"], "cut": None})
-                    for seed in seeds:
-                        self.run(f"{stem}|scratch@{sp:g}|{seed}", scratch, b["epochs"] + a.epochs, seed)
+                    p.setdefault("scratch", {**p["slim"], "cut": None})
+                    scratch_jobs += [(f"{stem}|scratch@{sp:g}|{seed}", scratch, b["epochs"] + a.epochs, seed, None, {})
+                                     for seed in seeds]
             small = self.small_input(stem, sp)
-            p["small-input"] = {**small, "cut": round(validate(base, self.data, small["imgsz"], a.batch)[1], 4)}
-            for seed in seeds:
-                self.run(f"{stem}|small-input@{sp:g}|{seed}", base, a.epochs, seed, imgsz=small["imgsz"])
+            p.setdefault("small-input", {**small, "cut": round(validate(base, self.data, small["imgsz"], a.batch)[1],
+                                                                  4)})
+            jobs += [(f"{stem}|small-input@{sp:g}|{seed}", base, a.epochs, seed, p["small-input"]["imgsz"], {})
+                     for seed in seeds]
             self.save()
+        jobs = [(f"{stem}|reference|{seed}", base, a.epochs, seed, None, {}) for seed in a.seeds] + jobs
+        for key, model, epochs, seed, imgsz, keys in tqdm(jobs + scratch_jobs, desc=f"{stem} training runs",
+                                                          unit="run"):
+            self.run(key, model, epochs, seed, imgsz, **keys)
 
     def sibling(self, small: str, large: str) -> None:
         """The larger model slimmed to the smaller's measured latency, against the smaller trained as long."""
@@ -278,9 +282,9 @@ class Bench:
                     v = self.finals(stem, name, float(sp))
                     size = f", {q['imgsz']} px" if name == "small-input" else ""
                     cut = "" if q.get("cut") is None else f"{q['cut']:.4f}"
+                    pct = f"{statistics.mean(v) / refm:.0%}" if v and refm == refm and refm else "-"
                     lines.append(f"| {stem} | {name} @{sp}x{size} | {q['speedup']:.2f}x ({q['p10']:.2f}-{q['p90']:.2f})"
-                                 f" | {cut} | {_ms(v)} | {len(v)} | "
-                                 f"{statistics.mean(v) / refm:.0%} |" if v and refm else "| |")
+                                 f" | {cut} | {_ms(v)} | {len(v)} | {pct} |")
         for key, p in s["points"].items():
             if "->" in key and "speedup" in p:
                 large, small = key.split("->")
@@ -361,6 +365,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds (default 30)")
     p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
+    p.add_argument("--report", action="store_true",
+                   help="only print and write what the state holds so far (an unfinished run's results)")
     p.add_argument("--json", help="write the state and the table here")
     p.add_argument("--png", help="write the plot here")
     a = p.parse_args(argv)
@@ -374,12 +380,13 @@ def main(argv=None) -> int:
     models = [m.strip() for m in a.models.split(",") if m.strip()]
 
     bench = Bench(a)
-    bench.prepare(models)
-    print("slimming, timing (keep the machine otherwise idle) and training every point")
-    for m in models:
-        bench.points(Path(m).stem)
-    if len(models) > 1:
-        bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
+    if not a.report:
+        bench.prepare(models)
+        print("slimming, timing (keep the machine otherwise idle) and training every point")
+        for m in models:
+            bench.points(Path(m).stem)
+        if len(models) > 1:
+            bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
     table = bench.table()
     print(table)
     if a.json:

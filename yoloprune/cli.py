@@ -167,6 +167,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ensure_font()
     if args.calibrate:
         overrides["calibrate"] = True
+    if args.no_precise_bn:
+        overrides["precise_bn"] = False
     result = run_demo(args.out, QUICK if args.quick else DEFAULT, data=args.data, model=args.model, **overrides)
     print(result.format())
     print(f"files in {args.out}: slim-finetuned.pt, slim.onnx, base.onnx, demo.json")
@@ -292,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--calibrate", action="store_true",
                    help="slim with calibration data (taylor scores, BatchNorm recalibration): keeps more right after "
                         "the cut, measured to end lower after the short fine-tune")
+    m.add_argument("--no-precise-bn", action="store_true",
+                   help="train base and fine-tune with Ultralytics' running BatchNorm averages only (for toy "
+                        "bases of an epoch or two; see the README)")
     m.set_defaults(func=cmd_demo)
 
     d = sub.add_parser("dataset", help="write a deterministic synthetic dataset (shapes on textured backgrounds)")
