@@ -76,9 +76,14 @@ class Bench:
         else:
             self.data = self.cache / "shapes" / "data.yaml"
             if not self.data.exists():
-                hard = {"classes": 8, "max_objects": 12} if a.preset == "hard" else {}
-                make_dataset(self.cache / "shapes", "detect", train=a.train, val=a.val, imgsz=a.imgsz, seed=0,
-                             preset=a.preset, **hard)
+                if a.preset == "digits":
+                    from yoloprune.data import make_digits_dataset
+
+                    make_digits_dataset(self.cache / "shapes", train=a.train, val=a.val, imgsz=a.imgsz, seed=0)
+                else:
+                    hard = {"classes": 8, "max_objects": 12} if a.preset == "hard" else {}
+                    make_dataset(self.cache / "shapes", "detect", train=a.train, val=a.val, imgsz=a.imgsz, seed=0,
+                                 preset=a.preset, **hard)
         self.bases = {}
         for model in models:
             stem = Path(model).stem
@@ -349,8 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help=f"small and short: {QUICK}")
     p.add_argument("--models", default="yolo26n.yaml", help="model YAMLs, smallest first (default yolo26n.yaml)")
     p.add_argument("--data", help="data.yaml of your own (default: the synthetic set, made here)")
-    p.add_argument("--preset", default="normal", choices=("normal", "hard"),
-                   help="synthetic set: normal, or hard (8 classes, up to 12 smaller, thinner objects, clutter)")
+    p.add_argument("--preset", default="normal", choices=("normal", "hard", "digits"),
+                   help="built-in set: normal shapes, hard (8 classes, up to 12 smaller, thinner objects, clutter) "
+                        "or digits (real handwritten digits composited into scenes; needs scikit-learn)")
     p.add_argument("--train", type=int, default=256, help="synthetic training images (default 256)")
     p.add_argument("--val", type=int, default=64, help="synthetic validation images (default 64)")
     p.add_argument("--imgsz", type=int, default=128, help="training / validation size (default 128)")

@@ -72,6 +72,25 @@ def test_hard_preset_has_smaller_objects_and_clutter(tmp_path):
         make_dataset(tmp_path / "x", preset="hrad")
 
 
+def test_digits_set_is_real_handwriting_split_by_scan(tmp_path):
+    """The digits set: deterministic, ten classes of real scans, boxes inside the image; detect only."""
+    from yoloprune.data import make_digits_dataset
+    from yoloprune.data import digits
+
+    a = make_digits_dataset(tmp_path / "a", train=8, val=4, imgsz=96, seed=1).parent
+    b = make_digits_dataset(tmp_path / "b", train=8, val=4, imgsz=96, seed=1).parent
+    assert digest(a) == digest(b)
+    rows = np.array([[float(x) for x in line.split()] for f in (a / "labels").rglob("*.txt")
+                     for line in f.read_text().splitlines()])
+    assert len(rows) >= 12 and set(rows[:, 0].astype(int)) <= set(range(10))
+    assert ((rows[:, 1:] > 0) & (rows[:, 1:] <= 1)).all()
+    scans, _ = digits._scans()
+    assert len(scans) == 1797 and scans.max() == 1.0
+    r = subprocess.run([sys.executable, "-m", "yoloprune.cli", "dataset", str(tmp_path / "c"), "--preset", "digits",
+                        "--task", "segment"], capture_output=True, text=True)
+    assert r.returncode == 2 and "detect only" in r.stderr and not (tmp_path / "c").exists()
+
+
 def test_regularizer_gradient_matches_autograd():
     from ultralytics import YOLO
 

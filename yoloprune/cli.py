@@ -125,8 +125,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from .data import make_dataset
+    from .data import make_dataset, make_digits_dataset
+    from .errors import UserError
 
+    if args.preset == "digits":
+        if args.task != "detect":
+            raise UserError(f"the digits set is labelled for detect only, not {args.task}; drop --task")
+        out = make_digits_dataset(args.dir, train=args.train, val=args.val, imgsz=args.imgsz,
+                                  max_objects=args.max_objects, seed=args.seed)
+        print(f"wrote {args.train} train + {args.val} val digit scenes (10 classes); use data={out}")
+        return 0
     out = make_dataset(args.dir, task=args.task, train=args.train, val=args.val, imgsz=args.imgsz,
                        classes=args.classes, seed=args.seed, preset=args.preset, max_objects=args.max_objects)
     print(f"wrote {args.train} train + {args.val} val {args.task} images; use data={out}")
@@ -308,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--classes", type=int, default=3, help="shape classes, up to 8 (default 3)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--preset", default="normal",
-                   help="normal, or hard: smaller and thinner objects, lower contrast, unlabelled clutter (default "
-                        "normal; use it with --classes 8 --max-objects 12)")
+                   help="normal, hard (smaller and thinner objects, lower contrast, unlabelled clutter; use it with "
+                        "--classes 8 --max-objects 12) or digits (real handwritten digits from scikit-learn composited "
+                        "into scenes, 10 classes, detect; needs scikit-learn) (default normal)")
     d.add_argument("--max-objects", type=int, default=5, help="most objects per image (default 5)")
     d.set_defaults(func=cmd_dataset)
     return parser
