@@ -10,6 +10,7 @@ from torch import nn
 
 from yoloprune import Slimmer
 from yoloprune.calibrate import calibration_loss, load_calibration, recalibrate, reestimate_bn
+from yoloprune.calibrate.data import on_device
 from yoloprune.data import make_dataset
 from yoloprune.errors import UserError
 
@@ -30,7 +31,8 @@ def test_calibration_sample_is_fixed_and_unaugmented(shapes, calib):
     again = load_calibration(shapes, imgsz=64, images=32, batch=8)
     other = load_calibration(shapes, imgsz=64, images=32, batch=8, seed=1)
     assert calib.images == 32 and len(calib.batches) == 4 and len(calib.fit) == 3 and len(calib.held) == 1
-    assert calib.batches[0]["img"].shape == (8, 3, 64, 64) and 0 <= calib.batches[0]["img"].min() <= 1
+    img = on_device(calib.batches[0], "cpu")["img"]
+    assert calib.batches[0]["img"].dtype == torch.uint8 and img.shape == (8, 3, 64, 64) and 0 <= img.min() <= 1
     same = all(torch.equal(a["img"], b["img"]) for a, b in zip(calib.batches, again.batches))
     assert same  # same seed: the very same pixels (no random augmentation)
     assert [b["im_file"] for b in calib.batches] != [b["im_file"] for b in other.batches]

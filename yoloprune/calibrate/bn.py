@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .data import on_device
+
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -82,7 +84,7 @@ def calibration_loss(model: nn.Module, batches: list[dict]) -> float:
     total, n = 0.0, 0
     with loss_ready(model), frozen_statistics(model):
         for b in batches:
-            loss, _ = model.loss(_to(b, device))
+            loss, _ = model.loss(on_device(b, device))
             total += float(loss.sum())
             n += len(b["img"])
     return total / max(n, 1)
@@ -104,7 +106,7 @@ def reestimate_bn(model: nn.Module, batches: list[dict]) -> int:
     model.train()
     try:
         for b in batches:
-            model(b["img"].to(device))
+            model(on_device(b, device)["img"])
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -129,7 +131,3 @@ def _is_bn_buffer(model: nn.Module, key: str) -> bool:
     owner, _, name = key.rpartition(".")
     return name in ("running_mean", "running_var", "num_batches_tracked") and isinstance(
         model.get_submodule(owner) if owner else model, _BN)
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

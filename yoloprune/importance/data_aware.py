@@ -92,6 +92,7 @@ def gradient_scores(model: nn.Module, graph, groups: list, batches: list[dict], 
         `{"taylor": {group index: scores}, "fisher": {...}}`, higher = keep.
     """
     from ..calibrate.bn import frozen_statistics, loss_ready
+    from ..calibrate.data import on_device
 
     device = next(model.parameters()).device
     taylor = {g.index: torch.zeros(g.width, dtype=torch.float64) for g in groups}
@@ -108,7 +109,7 @@ def gradient_scores(model: nn.Module, graph, groups: list, batches: list[dict], 
         with loss_ready(model), frozen_statistics(model), torch.enable_grad():
             for b in bar if bar is not None else batches:
                 model.zero_grad(set_to_none=True)
-                loss, _ = model.loss({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()})
+                loss, _ = model.loss(on_device(b, device))
                 loss.sum().backward()
                 for g in groups:
                     first, second = _group_contribution(graph, g.tp_group)
