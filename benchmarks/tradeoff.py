@@ -59,7 +59,7 @@ class Bench:
         (self.cache / "slim").mkdir(parents=True, exist_ok=True)
         self.state = State(self.cache / "state.json", {"bases": {}, "measured": {}, "runs": {}, "points": {}})
         self.recipe = lambda seed=0, imgsz=a.imgsz: Recipe(imgsz=imgsz, batch=a.batch, seed=seed)
-        self.calibs = {}
+        self._calib = None  # the calibration sample, drawn once
 
     def save(self):
         self.state.save()
@@ -107,9 +107,9 @@ class Bench:
     def calibration(self):
         from yoloprune.calibrate import load_calibration
 
-        if "c" not in self.calibs:
-            self.calibs["c"] = load_calibration(self.data, self.a.imgsz)
-        return self.calibs["c"]
+        if self._calib is None:
+            self._calib = load_calibration(self.data, self.a.imgsz)
+        return self._calib
 
     # -- timing -------------------------------------------------------------------------------------------------
     def timed(self, key: str, stem: str, make) -> dict:
@@ -187,7 +187,9 @@ class Bench:
 
         runs = self.state.data["runs"]
         if key not in runs:
-            r = train_run(model, self.data, self.cache / "runs", key.replace("|", "-").replace("@", "-"), epochs,
+            # a run at another input size is named by that size: speed-ups that land on one size share its run
+            name = f"{key.split('@')[0]}-{imgsz}px-{seed}" if imgsz else key.replace("@", "-")
+            r = train_run(model, self.data, self.cache / "runs", name.replace("|", "-"), epochs,
                           self.recipe(seed, imgsz or self.a.imgsz), verbose=False, **keys)
             runs[key] = {"map50_95": r.map50_95, "map50": r.map50, "epochs": epochs, "seconds": r.seconds}
             self.save()

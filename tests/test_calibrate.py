@@ -177,11 +177,7 @@ def test_precise_bn_saves_statistics_of_the_final_weights(trained, tmp_path):
     from conftest import save_model
 
     pt, data = trained
-    model = load_model(pt).model.float()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_var.mul_(100)
-    start = save_model(model, tmp_path / "start.pt")
+    start = save_model(_bad(load_model(pt).model.float()), tmp_path / "start.pt")
     sample = load_calibration(data, imgsz=FAST["imgsz"])  # the trainer's sample: all 32 images, seed 0
     saved = {}
     for precise in (True, False):
@@ -207,6 +203,7 @@ def test_precise_bn_saves_statistics_of_the_final_weights(trained, tmp_path):
 
 
 def _bad(model):
+    """A copy of `model` whose BatchNorm running variances are 100x off."""
     m = copy.deepcopy(model)
     for b in m.modules():
         if isinstance(b, nn.BatchNorm2d):

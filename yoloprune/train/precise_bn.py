@@ -49,7 +49,6 @@ def refresh(trainer) -> None:
         if calib is None:
             return
         rc = recalibrate(trainer.ema.ema, calib)
-    trainer.precise_bn_result = rc
     LOGGER.info(f"yoloprune: epoch {trainer.epoch + 1} precise BatchNorm statistics on {calib.images} images: "
                 f"held-back loss {rc.loss_before:.4f} -> {rc.loss_after:.4f}, "
                 f"{'re-estimated kept' if rc.kept else 'running averages kept'}")

@@ -106,7 +106,6 @@ class CompressionTrainer:
         self.distiller = None
         self._pruned_epoch: int | None = None
         self._calibration = None
-        self.precise_bn_result = None  # the last epoch's precise-BN verdict (`calibrate.Recalibration`)
         if self.compression.distill.distillation:
             self._teacher = kd.check_teacher(self)  # one-line errors now, before any training
             self._add_once("on_train_start", kd.install)
