@@ -125,9 +125,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    from .data import make_dataset, make_digits_dataset
-    from .errors import UserError
+    from .data import PRESETS, make_dataset, make_digits_dataset
+    from .errors import UserError, close_match
 
+    presets = (*PRESETS, "digits")
+    if args.preset not in presets:
+        raise UserError(f"preset '{args.preset}' is unknown{close_match(args.preset, presets)}; choose one of "
+                        f"{', '.join(presets)}")
     if args.preset == "digits":
         if args.task != "detect":
             raise UserError(f"the digits set is labelled for detect only, not {args.task}; drop --task")
