@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from yoloprune.data import make_dataset
+from yoloprune.errors import UserError
 from yoloprune.slim.report import layer_widths
 from yoloprune.train import train, trainer_for
 
@@ -79,13 +80,83 @@ def test_prune_in_training_then_kill_and_resume(shapes, tmp_path):
     assert table[0]["model/params"] > table[1]["model/params"] == table[2]["model/params"]
     assert params(run / "weights/best.pt") == killed
     assert layer_widths(ckpt_model(run / "weights/best.pt")) == killed_widths
+    _loads_stock(run / "weights/best.pt", shapes)
+
+
+def test_gradual_pruning_reaches_the_planned_widths_across_a_kill_and_resume(shapes, tmp_path):
+    """Acceptance: pruning_steps=3 cuts at the start of epochs 2, 3 and 4 toward the one-cut plan; killed after the
+    second step and resumed, the third step ends at exactly the widths one cut of that ratio plans; best.pt and
+    last.pt load in stock Ultralytics."""
+    from ultralytics import YOLO
+
+    from yoloprune import Slimmer
+
+    keys = dict(pruning=True, pruning_ratio=0.5, prune_at_epoch=1, pruning_steps=3, pruning_end_epoch=3, round_to=8)
+    yolo = YOLO("yolo26n.yaml")
+    yolo.add_callback("on_model_save", kill_after(2))
+    with pytest.raises(Killed):
+        yolo.train(trainer=trainer_for("detect"), data=str(shapes), epochs=5, project=str(tmp_path), name="g",
+                   **keys, **FAST)
+    run = tmp_path / "g"
+    plan = torch.load(run / "weights/last.pt", weights_only=False)["train_args"]["pruning_plan"]
+    assert plan  # the steps' widths travel with the checkpoint
+    train(resume=str(run / "weights/last.pt"))
+    table = rows(run)
+    counts = [int(r["model/params"]) for r in table]
+    print("params per epoch", counts)
+    assert [int(r["epoch"]) for r in table] == [1, 2, 3, 4, 5]
+    assert counts[0] > counts[1] > counts[2] > counts[3] == counts[4]  # one step per epoch, then none
+    one_cut = Slimmer(small_model(), ratio=0.5, round_to=8, imgsz=64).slim()
+    for name in ("best.pt", "last.pt"):
+        assert layer_widths(ckpt_model(run / "weights" / name)) == layer_widths(one_cut), name
+    assert params(run / "weights/last.pt") == sum(p.numel() for p in one_cut.parameters())
+    _loads_stock(run / "weights/best.pt", shapes)
+
+
+def _loads_stock(path, data):
+    """The checkpoint loads and validates in a fresh process that never imports yoloprune."""
     code = ("from ultralytics import YOLO; import sys; m = YOLO(sys.argv[1]); r = m.val(data=sys.argv[2], imgsz=64, "
             "batch=8, plots=False, workers=0); print('PARAMS', sum(p.numel() for p in m.model.parameters()), "
             "'MAP', r.box.map50); assert 'yoloprune' not in sys.modules")
-    out = subprocess.run([sys.executable, "-c", code, str(run / "weights/best.pt"), str(shapes)],
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(data)],
                          capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "MAP" in out.stdout
+
+
+def test_gradual_schedule_is_cubic_and_ends_at_the_plan():
+    """Each step removes 1 - (1 - k/K)^3 of every group's planned removal (rounded to its multiple); the last step
+    is the plan itself; widths never grow between steps."""
+    from yoloprune import Slimmer
+
+    s = Slimmer(small_model(), ratio=0.6, round_to=8, imgsz=64)
+    steps = s.schedule(4)
+    groups = {g.root_name: g for g in s.groups()}
+    assert steps[-1] == {n: g.keep for n, g in groups.items()}
+    for n, g in groups.items():
+        seq = [g.width] + [w[n] for w in steps]
+        assert all(a >= b for a, b in zip(seq, seq[1:])), (n, seq)
+    wide = max(groups.values(), key=lambda g: g.width - g.keep)  # the group with the most to remove
+    done = [(wide.width - w[wide.root_name]) / (wide.width - wide.keep) for w in steps]
+    print(wide.root_name, wide.width, "->", wide.keep, "share removed per step", [round(d, 3) for d in done])
+    for k, d in enumerate(done, 1):
+        assert abs(d - (1 - (1 - k / 4) ** 3)) <= 8 / (wide.width - wide.keep) + 1e-9
+    with pytest.raises(UserError, match="steps"):
+        s.schedule(0)
+
+
+def test_gradual_pruning_keys_are_checked(shapes, tmp_path):
+    """Bad gradual-pruning keys: one-line errors before any training."""
+    for keys, match in [({"pruning_steps": 3}, "pruning_end_epoch >= prune_at_epoch"),
+                        ({"pruning_steps": 3, "pruning_end_epoch": 2}, "pruning_end_epoch >= prune_at_epoch"),
+                        ({"pruning_steps": 2, "pruning_end_epoch": 6}, "must be below epochs"),
+                        ({"pruning_end_epoch": 3}, "needs pruning_steps > 1"),
+                        ({"pruning_steps": 0}, "pruning_steps"),
+                        ({"pruning_steps": 2, "pruning_end_epoch": 3, "pruning_method": "layer"}, "layer pruning")]:
+        with pytest.raises(UserError, match=match):
+            train("yolo26n.yaml", data=str(shapes), epochs=5, project=str(tmp_path), name="bad", pruning=True,
+                  prune_at_epoch=1, **keys, **FAST)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_train_keeps_slim_widths(shapes, tmp_path):

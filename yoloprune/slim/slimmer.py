@@ -195,14 +195,45 @@ class Slimmer:
         mine = self._scores[self.importance]
         return lambda group, root_name: mine[root_name]
 
+    def schedule(self, steps: int) -> list[dict[str, int]]:
+        """The planned cut made gradually: every group's width after each of `steps` steps, by group root name.
+
+        Step k of K has removed 1 - (1 - k/K)^3 of each group's planned removal (the cubic schedule of gradual
+        pruning: large steps while the model is still redundant, small ones near the end), rounded to the group's
+        multiple, tied groups alike; the last step reaches exactly the planned widths (`plan()`).
+        """
+        check_whole("steps", steps, 1, "3")
+        model = copy.deepcopy(self.loaded.model).float().cpu()
+        rewrite_blocks(model)
+        groups, graph, ties, frozen = self.structure(model)
+        plan = self._plan(groups, ties, frozen)
+        multiple = {g.index: math.lcm(self.round_to, g.multiple) for g in groups}
+        for tie in ties:
+            m = math.lcm(*(multiple[i] for i in tie))
+            multiple.update(dict.fromkeys(tie, m))
+        widths = []
+        for k in range(1, steps + 1):
+            left = (1 - k / steps) ** 3  # share of the planned removal still to come after step k
+            keep = {}
+            for g in groups:
+                final, m = plan[g.index].keep, multiple[g.index]
+                keep[g.index] = min(g.width, final + m * math.floor((g.width - final) * left / m + 0.5))
+            for tie in ties:
+                keep.update(dict.fromkeys(tie, max(keep[i] for i in tie)))
+            widths.append({g.root_name: keep[g.index] for g in groups})
+        return widths
+
     def _allocate(self, model: nn.Module) -> tuple[list[CoupledGroup], dict[int, Allocation], object]:
         groups, graph, ties, frozen = self.structure(model)
+        return groups, self._plan(groups, ties, frozen), graph
+
+    def _plan(self, groups: list[CoupledGroup], ties: list[list[int]], frozen: set[int]) -> dict[int, Allocation]:
         plan = allocate(groups, self.ratio, self.rules, self.round_to, ties, frozen)
-        if self.widths is not None:  # a budget search chose the widths (see `yoloprune.slim.budget`)
+        if self.widths is not None:  # widths chosen elsewhere: a budget search, a step of a gradual cut
             for g in groups:
                 keep = self.widths.get(g.root_name, g.width)
                 plan[g.index] = Allocation(keep=keep, ratio=1 - keep / g.width)
-        return groups, plan, graph
+        return plan
 
     def structure(self, model: nn.Module) -> tuple[list[CoupledGroup], object, list[list[int]], set[int]]:
         """Groups of a split-free `model` (kinds set from the rules), its graph, and the width ties and frozen groups

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UserError, close_match
+from ..errors import UserError, check_whole, close_match
 
 
 def _meta(help: str) -> dict:
@@ -53,6 +53,13 @@ class PruningConfig:
     preserve_shortcuts: bool = field(default=True, metadata=_meta("apply shortcut rules (False: uniform ratio)"))
     shortcut_rules: str = field(default="yolo26", metadata=_meta("rules file: yolo26 or a YAML path"))
     round_to: int = field(default=8, metadata=_meta("kept channel counts are multiples of this"))
+    pruning_steps: int = field(default=1, metadata=_meta(
+        "cut in this many steps (cubic schedule toward the planned widths, BatchNorm recalibrated after each); "
+        "1: one cut at prune_at_epoch"))
+    pruning_end_epoch: int = field(default=-1, metadata=_meta(
+        "epoch at whose start the last of pruning_steps > 1 steps cuts (the steps spread evenly from prune_at_epoch)"))
+    pruning_plan: str = field(default="", metadata={**_meta("set by yoloprune: the widths of every step, planned at "
+                                                             "the first step (kept for resume)"), "internal": True})
 
     def validate(self, epochs: int | None = None) -> None:
         from ..importance import IMPORTANCES
@@ -70,6 +77,21 @@ class PruningConfig:
                             f"{close_match(self.importance_metric, IMPORTANCES)}; use one of {', '.join(IMPORTANCES)}")
         if self.round_to < 1:
             raise UserError(f"round_to={self.round_to!r} must be >= 1 (e.g. 8)")
+        check_whole("pruning_steps", self.pruning_steps, 1, "3")
+        if self.pruning_steps > 1:
+            if self.pruning_method == "layer":
+                raise UserError("pruning_steps > 1 cuts channels gradually; layer pruning removes its blocks in one "
+                                "step: use pruning_steps=1")
+            if self.pruning_end_epoch < self.prune_at_epoch + self.pruning_steps - 1:
+                raise UserError(f"pruning_steps={self.pruning_steps} needs pruning_end_epoch >= prune_at_epoch + "
+                                f"{self.pruning_steps - 1} (one step per epoch at most), e.g. pruning_end_epoch="
+                                f"{self.prune_at_epoch + 2 * (self.pruning_steps - 1)}")
+            if epochs is not None and self.pruning and self.pruning_end_epoch >= epochs:
+                raise UserError(f"pruning_end_epoch={self.pruning_end_epoch} must be below epochs={epochs}, or no "
+                                "epoch would fine-tune the last step")
+        elif self.pruning_end_epoch not in (-1, self.prune_at_epoch):
+            raise UserError(f"pruning_end_epoch={self.pruning_end_epoch} needs pruning_steps > 1 (a gradual cut); "
+                            "drop it for one cut at prune_at_epoch")
         if self.importance_metric in DATA_AWARE and self.pruning_method == "layer":
             raise UserError(f"importance_metric '{self.importance_metric}' scores channels; layer pruning takes l1, "
                             "l2, bn, lamp or random")
@@ -83,6 +105,13 @@ class PruningConfig:
     @property
     def rules(self) -> str:
         return self.shortcut_rules if self.preserve_shortcuts else "none"
+
+    def step_epochs(self) -> list[int]:
+        """The epochs at whose start the cut's steps run, spread evenly from prune_at_epoch to pruning_end_epoch."""
+        k, start = self.pruning_steps, self.prune_at_epoch
+        if k <= 1:
+            return [start]
+        return [start + math.floor((self.pruning_end_epoch - start) * i / (k - 1) + 0.5) for i in range(k)]
 
 
 @dataclass
@@ -134,6 +163,7 @@ class DistillConfig:
 
 CONFIGS = (SparsityConfig, PruningConfig, CalibrationConfig, DistillConfig)
 KEYS: dict[str, type] = {f.name: c for c in CONFIGS for f in fields(c)}
+INTERNAL = {f.name for c in CONFIGS for f in fields(c) if f.metadata.get("internal")}  # set by yoloprune, not users
 
 
 def _coerce(cls: type, name: str, value):
@@ -191,7 +221,7 @@ class CompressionConfig:
     def changed(self) -> dict:
         """The keys whose values differ from the defaults."""
         default = CompressionConfig().to_dict()
-        return {k: v for k, v in self.to_dict().items() if v != default[k]}
+        return {k: v for k, v in self.to_dict().items() if v != default[k] and k not in INTERNAL}
 
 
 def parse_value(text: str):
@@ -247,5 +277,7 @@ def describe_keys() -> str:
     for c in CONFIGS:
         lines.append(f"{c.__doc__.strip()}")
         for f in fields(c):
+            if f.name in INTERNAL:
+                continue
             lines.append(f"  {f.name}={f.default!r}: {f.metadata['help']}")
     return "\n".join(lines)

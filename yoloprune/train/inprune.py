@@ -3,12 +3,20 @@
 At the start of epoch `prune_at_epoch` the training model is scored and cut (channels with `Slimmer`, shortcut rules
 on by default; or whole blocks with `LayerPruner`), its EMA copy gets exactly the same cut, and the optimizer is
 rebuilt over the new tensors with every group's hyper-parameters (lr, initial_lr, momentum, weight decay) carried
-over, so the LR schedule and warmup go on where they were. The groups are built by Ultralytics' own
+over, so the LR schedule and warmup go on where they were. `best.pt` and early stopping start afresh at every cut:
+the best model is one of the final widths. The groups are built by Ultralytics' own
 `build_optimizer`, so a resumed run rebuilds the very same ones. Optimizer moments of the old tensors are dropped.
 Under DDP every rank scores the cut on rank 0's BatchNorm statistics, so all ranks cut alike.
+
+With `pruning_steps=K > 1` the channel cut is made gradually: at the start of each of K epochs spread from
+`prune_at_epoch` to `pruning_end_epoch`, toward the widths planned on the uncut model (a cubic schedule, see
+`Slimmer.schedule`), each step scored on the model as trained so far and recalibrated. The plan is made at the first
+step and kept in the run's arguments (`pruning_plan`), so a resumed run goes on toward the same widths.
 """
 
 from __future__ import annotations
+
+import json
 
 from torch import nn, optim
 from ultralytics.utils import LOGGER, RANK
@@ -18,7 +26,8 @@ from ..importance.data_aware import DATA_AWARE
 from . import distill_hooks
 
 
-def _pruner(trainer, model: nn.Module, calibrate: bool = True):
+def _pruner(trainer, model: nn.Module, calibrate: bool = True, widths: dict[str, int] | None = None):
+    """The cut of `model`: the ratio's plan, or `widths` (one step of a gradual cut) by group root name."""
     cfg = trainer.compression.pruning
     imgsz = int(trainer.args.imgsz if isinstance(trainer.args.imgsz, int) else max(trainer.args.imgsz))
     if cfg.pruning_method == "layer":
@@ -32,26 +41,45 @@ def _pruner(trainer, model: nn.Module, calibrate: bool = True):
     if calibrate and (recal or cfg.importance_metric in DATA_AWARE):
         data = trainer.calibration()  # None for classification
     importance = cfg.importance_metric if data is not None or cfg.importance_metric not in DATA_AWARE else "l1"
-    return Slimmer(model, ratio=cfg.pruning_ratio, importance=importance, rules=cfg.rules, round_to=cfg.round_to,
-                   imgsz=imgsz, data=data, recalibrate=recal)
+    slimmer = Slimmer(model, ratio=cfg.pruning_ratio, importance=importance, rules=cfg.rules, round_to=cfg.round_to,
+                      imgsz=imgsz, data=data, recalibrate=recal)
+    slimmer.widths = widths
+    return slimmer
+
+
+def step_widths(trainer, model: nn.Module, step: int) -> dict[str, int] | None:
+    """Widths after step `step` (0-based) of a gradual cut, planned on `model` at the first step; None for one cut."""
+    cfg = trainer.compression.pruning
+    if cfg.pruning_steps <= 1:
+        return None
+    if step == 0 or not cfg.pruning_plan:
+        if step > 0:
+            raise RuntimeError(f"step {step + 1} of a gradual cut found no plan in the run's arguments")
+        cfg.pruning_plan = json.dumps(_pruner(trainer, model, calibrate=False).schedule(cfg.pruning_steps))
+        trainer.args.pruning_plan = cfg.pruning_plan  # saved in train_args with every checkpoint: resume reads it
+    return json.loads(cfg.pruning_plan)[step]
 
 
 def validate_prunable(trainer) -> None:
     """Before training: fail now (not at `prune_at_epoch`) if the model cannot be pruned; log the planned cut."""
-    report = _pruner(trainer, unwrap_model(trainer.model), calibrate=False).plan()
+    cfg = trainer.compression.pruning
+    final = json.loads(cfg.pruning_plan)[-1] if cfg.pruning_steps > 1 and cfg.pruning_plan else None  # resumed
+    report = _pruner(trainer, unwrap_model(trainer.model), calibrate=False, widths=final).plan()
     b, a = report.to_dict()["before"], report.to_dict()["after"]
     if RANK in {-1, 0}:
-        cfg = trainer.compression.pruning
-        LOGGER.info(f"yoloprune: {cfg.pruning_method} pruning at the start of epoch {cfg.prune_at_epoch + 1} will "
-                    f"take params {b['params']:,} -> {a['params']:,}, GFLOPs {b['gflops']:.2f} -> {a['gflops']:.2f}")
+        when = (f"at the start of epoch {cfg.prune_at_epoch + 1}" if cfg.pruning_steps <= 1 else
+                f"in {cfg.pruning_steps} steps (at the start of epochs {', '.join(str(e + 1) for e in cfg.step_epochs())})")
+        LOGGER.info(f"yoloprune: {cfg.pruning_method} pruning {when} will take params {b['params']:,} -> "
+                    f"{a['params']:,}, GFLOPs {b['gflops']:.2f} -> {a['gflops']:.2f}")
 
 
-def prune_in_training(trainer) -> None:
-    """Slim `trainer.model` and `trainer.ema` in place of the old ones; rebuild optimizer, scheduler and EMA."""
+def prune_in_training(trainer, step: int = 0) -> None:
+    """Slim `trainer.model` and `trainer.ema` in place of the old ones (step `step` of a gradual cut); rebuild
+    optimizer, scheduler and EMA."""
     old = unwrap_model(trainer.model)
     _sync_buffers(trainer, old)
     distill_hooks.detach(old)  # cut the student with its stock criterion; the distiller is re-attached below
-    pruner = _pruner(trainer, old)
+    pruner = _pruner(trainer, old, widths=step_widths(trainer, old, step))
     slim = pruner.slim().to(trainer.device)  # recalibrated on the calibration sample when there is one
     slim.train(old.training)
     for name, p in slim.named_parameters():  # frozen layers stay frozen
@@ -78,8 +106,14 @@ def prune_in_training(trainer) -> None:
     if kd is not None:
         distill_hooks.install(trainer)  # after the EMA copy: the EMA keeps the stock criterion
     trainer.pruning_report = pruner.report
+    # best.pt and early stopping judge the new widths only: an earlier, wider model must not win best.pt
+    trainer.best_fitness = None
+    if getattr(trainer, "stopper", None) is not None:
+        trainer.stopper.best_fitness, trainer.stopper.best_epoch = 0.0, trainer.epoch
     if RANK in {-1, 0}:
-        LOGGER.info(f"yoloprune: pruned at the start of epoch {trainer.epoch + 1}\n{pruner.report.format()}")
+        steps = trainer.compression.pruning.pruning_steps
+        what = f"step {step + 1} of {steps} of the cut" if steps > 1 else "pruned"
+        LOGGER.info(f"yoloprune: {what} at the start of epoch {trainer.epoch + 1}\n{pruner.report.format()}")
 
 
 def rebuild_optimizer(trainer, model: nn.Module) -> optim.Optimizer:

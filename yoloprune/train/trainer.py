@@ -280,15 +280,16 @@ def _reset_count(trainer) -> None:
 def _announce(trainer) -> None:
     """Before the first epoch: check the model can be pruned and say what will happen."""
     cfg = trainer.compression.pruning
-    if cfg.pruning and trainer.start_epoch <= cfg.prune_at_epoch:
+    if cfg.pruning and trainer.start_epoch <= cfg.step_epochs()[-1]:
         validate_prunable(trainer)
 
 
 def _maybe_prune(trainer) -> None:
     _reset_count(trainer)
     cfg = trainer.compression.pruning
-    if cfg.pruning and trainer.epoch == cfg.prune_at_epoch and trainer._pruned_epoch is None:
-        prune_in_training(trainer)  # once: an OOM retry or NaN recovery restarts the epoch
+    epochs = cfg.step_epochs()
+    if cfg.pruning and trainer.epoch in epochs and trainer._pruned_epoch != trainer.epoch:
+        prune_in_training(trainer, epochs.index(trainer.epoch))  # once: an OOM retry or NaN recovery restarts it
         trainer._pruned_epoch = trainer.epoch
 
 
