@@ -351,7 +351,8 @@ def _curve(run: Path) -> list[float]:
     return [round(v, 4) for v in read(run)]
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The trade-off benchmark's options (other benchmarks build its bases with them)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"small and short: {QUICK}")
     p.add_argument("--models", default="yolo26n.yaml", help="model YAMLs, smallest first (default yolo26n.yaml)")
@@ -377,7 +378,11 @@ def main(argv=None) -> int:
                    help="only print and write what the state holds so far (an unfinished run's results)")
     p.add_argument("--json", help="write the state and the table here")
     p.add_argument("--png", help="write the plot here")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     if a.quick:
         given = {k for k in vars(a) if f"--{k.replace('_', '-')}" in (argv or sys.argv[1:])}
         for k, v in QUICK.items():

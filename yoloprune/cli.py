@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --ratio: keep this share of the base GFLOPs (e.g. 0.5), widths spread by the rules")
     s.add_argument("--allocation", default="rules",
                    help="with --target-speedup: rules (search the ratio of the rules plan; keeps the most mAP, "
-                        "default) or latency (greedy widths from a measured per-layer latency table; most speed per MAC)")
+                        "default), latency (greedy widths from a measured per-layer latency table; most speed per MAC) "
+                        "or sensitivity (with --data: each group's measured loss rise per millisecond it saves)")
     s.add_argument("--runtime", default="onnxruntime", help="where --target-speedup measures: onnxruntime or torch")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda, for --target-speedup")
     s.add_argument("--threads", type=int, help="intra-op threads for --target-speedup (default: every core)")

@@ -164,12 +164,14 @@ class CostModel:
 
 
 def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, rules: ShortcutRules, round_to: int,
-                    ties: list[list[int]], frozen: set[int], max_ratio: float = 0.75, loss: str = "macs"
-                    ) -> tuple[dict[int, int], float]:
+                    ties: list[list[int]], frozen: set[int], max_ratio: float = 0.75, loss: str = "macs",
+                    price=None) -> tuple[dict[int, int], float]:
     """Greedy widths for `cost.predict(...) <= budget` (see the module docstring). Returns (keep per group, cost).
 
     `loss` prices a step: `macs` (the MACs it removes, for a latency budget) or `share` (the log of the share of
-    the group's width it removes, for a MAC budget, where MACs would price every step alike).
+    the group's width it removes, for a MAC budget, where MACs would price every step alike). `price(groups, width,
+    step)`, when given, prices it instead (e.g. the measured loss rise of cutting those tied groups from `width` to
+    `width - step` channels; see `yoloprune.slim.sensitivity`), the rules then only setting each group's floor.
     """
     by_index = {g.index: g for g in groups}
     tied = {i for t in ties for i in t}
@@ -196,12 +198,14 @@ def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, 
             if width - step < floor[u[0]]:  # also every group whose rule multiplier is 0
                 continue
             gain = _delta(cost, touches[u[0]], drop, u, step)
-            if loss == "share":
-                price = weight[u[0]] * math.log(width / (width - step))
+            if price is not None:
+                p = max(price([by_index[i] for i in u], width, step), 1e-9)
+            elif loss == "share":
+                p = weight[u[0]] * math.log(width / (width - step))
             else:
-                price = weight[u[0]] * (_delta(macs, touches[u[0]], drop, u, step) / total_macs + 1e-6)
-            if gain > 0 and gain / price > best_score:
-                best, best_score = u, gain / price
+                p = weight[u[0]] * (_delta(macs, touches[u[0]], drop, u, step) / total_macs + 1e-6)
+            if gain > 0 and gain / p > best_score:
+                best, best_score = u, gain / p
         if best is None:
             break
         for i in best:

@@ -26,7 +26,7 @@ from ..graph.rewrite import rewrite_blocks
 from .slimmer import Slimmer
 
 
-ALLOCATIONS = ("rules", "latency")
+ALLOCATIONS = ("rules", "latency", "sensitivity")
 
 
 @dataclass
@@ -128,7 +128,9 @@ class TargetSlimmer:
             `--ratio`) is searched until the measured speed-up is reached; `latency`: widths are allocated greedily
             from a measured per-layer latency table, buying the most speed per channel removed. Measured on yolo26n
             (benchmarks/tradeoff.py): `latency` runs faster per MAC removed but thins the downsampling convolutions
-            and keeps much less mAP after fine-tuning at the same speed-up; `rules` keeps the most.
+            and keeps much less mAP after fine-tuning at the same speed-up; `sensitivity` (needs `data`): each
+            group's measured loss rise when thinned alone (`yoloprune.slim.sensitivity`) against the same latency
+            table, buying the most speed per loss; the rules only set each group's floor.
         importance, rules: as for `Slimmer` (rules weigh how much each group may lose).
         data, calib_images, calib_imgsz, recalibrate: calibration, as for `Slimmer`: the scores are computed once on
             the uncut model, every candidate's BatchNorm statistics are recalibrated.
@@ -162,6 +164,9 @@ class TargetSlimmer:
             raise UserError(f"allocation '{allocation}' is unknown{close_match(allocation, ALLOCATIONS)}; "
                             f"use {' or '.join(ALLOCATIONS)}")
         self.allocation = allocation
+        if allocation == "sensitivity" and data is None:
+            raise UserError("allocation 'sensitivity' measures each group's loss on calibration images: pass data "
+                            "(--data data.yaml), or use the rules or latency allocation")
         check_timing_args(runtime, device, imgsz, 1, threads, 0, runs)
         if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 0 < max_ratio < 1:
             raise UserError(f"max_ratio {max_ratio!r} must be in (0, 1): the most of a group's channels one cut removes")
@@ -173,6 +178,8 @@ class TargetSlimmer:
         self.progress = progress
         self.result: TargetResult | None = None
         self.cost: CostModel | None = None
+        self.sensitivity = None  # the measured curves, with the `sensitivity` allocation
+        self.sensitivity_cache = "default"  # where measured curves are kept (None: nowhere)
 
     def _log(self, msg: str) -> None:
         if self.progress:
@@ -188,6 +195,11 @@ class TargetSlimmer:
             rewrite_blocks(model)
             groups, graph, ties, frozen = s.structure(model)
             sites = conv_sites(model, groups, graph, s.imgsz)
+            if self.allocation == "sensitivity":
+                from .sensitivity import measure
+
+                self._log("measuring each group's loss rise when thinned alone (cached per model and data)")
+                self.sensitivity = measure(s, cache=self.sensitivity_cache, progress=self.progress)
             if self.flops is not None:
                 return self._search_flops(groups, sites, ties, frozen)
             return self._search_speed(groups, sites, ties, frozen, work)
@@ -196,8 +208,16 @@ class TargetSlimmer:
 
     def _allocate(self, groups, cost, budget, ties, frozen) -> tuple[float, bool]:
         s = self.slimmer
+        price = None
+        if self.sensitivity is not None:
+            sens = self.sensitivity
+
+            def price(gs, width, step):
+                key = "+".join(g.root_name for g in gs)
+                return sens.rise(key, width - step) - sens.rise(key, width)
+
         keep, predicted = allocate_budget(groups, cost, budget, s.rules, s.round_to, ties, frozen, self.max_ratio,
-                                          loss="share" if cost.unit == "MACs" else "macs")
+                                          loss="share" if cost.unit == "MACs" else "macs", price=price)
         s.widths = {g.root_name: keep[g.index] for g in groups}
         s.slim()
         return predicted, predicted <= budget * (1 + 1e-9)
@@ -238,7 +258,7 @@ class TargetSlimmer:
         predicted_base = cost.predict({})
         budget = predicted_base / self.speedup
         self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
-                                   threads=self.threads, allocation="latency")
+                                   threads=self.threads, allocation=self.allocation)
         best = None
         for i in range(self.max_steps):
             predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
