@@ -49,7 +49,7 @@ def test_masking_computes_what_the_cut_model_computes(calib):
     x = torch.rand(1, 3, 64, 64)
     units = S.units(s)
     checked = 0
-    for u in units[:: max(1, len(units) // 6)]:
+    for u in units[:: max(1, len(units) // 4)]:
         w = S.probe_widths(u)[-1]
         gs = [by[n] for n in u.names]
         masked = all(S.mask_cut(graph, g.tp_group, torch.argsort(scorer(g.tp_group, g.root_name), stable=True)
@@ -67,7 +67,7 @@ def test_masking_computes_what_the_cut_model_computes(calib):
         print(f"{u.key}: {u.width} -> {w}, max |masked - cut| {diff:.2e}")
         assert diff < 1e-4 * max(1.0, b.abs().max().item())
         checked += 1
-    assert checked >= 4
+    assert checked >= 3
 
 
 def test_a_group_that_carries_nothing_measures_no_rise_and_is_thinned_first(trained, tmp_path):
@@ -110,7 +110,7 @@ def test_a_group_that_carries_nothing_measures_no_rise_and_is_thinned_first(trai
 
 def test_sensitivity_allocation_respects_floors_ties_and_multiples(calib):
     s = Slimmer(small_model(), ratio=0.5, round_to=16, imgsz=64, data=calib, importance="l1")
-    sens = S.measure(s, images=16, cache=None, progress=False)
+    sens = S.measure(s, shares=(0.5,), images=16, cache=None, progress=False)
     assert set(sens.rises) == {u.key for u in S.units(s)}
     model = copy.deepcopy(s.loaded.model).float().eval()
     rewrite_blocks(model)
