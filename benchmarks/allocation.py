@@ -20,7 +20,6 @@ Resumable: every search and run is kept in the state file at once.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
-from common import State  # noqa: E402
+from common import State, tradeoff_base, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,11 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
-    import tradeoff
-
-    t = tradeoff.parser().parse_args(rest)  # the base: the trade-off benchmark's, by its own options
-    bench = tradeoff.Bench(t)
-    stem = Path(t.models.split(",")[0]).stem
+    t, bench, stem = tradeoff_base(rest)  # the base: the trade-off benchmark's, by its own options
     state = State(bench.cache / f"allocation-{a.speedup:g}x.json", {"cuts": {}, "runs": {}})
     allocations = [x for x in a.allocations.split(",") if x]
     cseeds = [int(x) for x in a.calib_seeds.split(",") if x]
@@ -63,11 +58,7 @@ def main(argv=None) -> int:
         bench.prepare([t.models.split(",")[0]])
         run_all(a, t, bench, stem, state, allocations, cseeds, seeds)
     table = format_table(a, t, bench, stem, state, allocations)
-    print(table)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({**state.data, "args": vars(a), "table": table}, indent=2))
-        print(f"saved {a.json}")
+    write_results(a.json, state, a, table)
     return 0
 
 

@@ -7,6 +7,24 @@ import json
 from pathlib import Path
 
 
+def tradeoff_base(rest: list[str]):
+    """The trade-off benchmark's options (from `rest`), its `Bench` (cache, data, bases) and its first model's stem:
+    other benchmarks measure on the same converged base."""
+    import tradeoff
+
+    t = tradeoff.parser().parse_args(rest)
+    return t, tradeoff.Bench(t), Path(t.models.split(",")[0]).stem
+
+
+def write_results(path: str | None, state: "State", args, table: str) -> None:
+    """Print `table`; with `path`, also write it with the state and the options as JSON."""
+    print(table)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({**state.data, "args": vars(args), "table": table}, indent=2))
+        print(f"saved {path}")
+
+
 class State:
     """A JSON file of everything a benchmark measured so far (`empty` when there is none yet); saved after every
     step, atomically, so an interrupted run resumes where it stopped."""

@@ -16,7 +16,6 @@ validator, once per training seed of `--seeds`. Resumable.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
-from common import State  # noqa: E402
+from common import State, tradeoff_base, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,21 +39,13 @@ def main(argv=None) -> int:
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
-    import tradeoff
-
-    t = tradeoff.parser().parse_args(rest)
-    bench = tradeoff.Bench(t)
-    stem = Path(t.models.split(",")[0]).stem
+    t, bench, stem = tradeoff_base(rest)
     state = State(bench.cache / f"gradual-{a.speedup:g}x-{a.steps}-{a.end_epoch}.json", {"runs": {}})
     seeds = [int(x) for x in a.seeds.split(",") if x]
     if not a.report:
         run_all(a, t, bench, stem, state, seeds)
     table = format_table(a, t, state)
-    print(table)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({**state.data, "args": vars(a), "table": table}, indent=2))
-        print(f"saved {a.json}")
+    write_results(a.json, state, a, table)
     return 0
 
 
