@@ -95,13 +95,8 @@ def test_a_group_that_carries_nothing_measures_no_rise_and_is_thinned_first(trai
         rewrite_blocks(model)
         groups, graph, ties, frozen = s.structure(model)
         cost = CostModel.macs(conv_sites(model, groups, graph, 64))
-
-        def price(gs, width, step, sens=sens):
-            k = "+".join(g.root_name for g in gs)
-            return sens.rise(k, width - step) - sens.rise(k, width)
-
         keep, _ = allocate_budget(groups, cost, 0.7 * cost.predict({}), s.rules, 8, ties, frozen, max_ratio=0.5,
-                                  price=price)
+                                  price=sens.price)
         g = next(g for g in groups if g.root_name == key)
         keeps[name] = keep[g.index], g.width
     print("kept of", key, keeps)
@@ -116,13 +111,8 @@ def test_sensitivity_allocation_respects_floors_ties_and_multiples(calib):
     rewrite_blocks(model)
     groups, graph, ties, frozen = s.structure(model)
     cost = CostModel.macs(conv_sites(model, groups, graph, 64))
-
-    def price(gs, width, step):
-        k = "+".join(g.root_name for g in gs)
-        return sens.rise(k, width - step) - sens.rise(k, width)
-
     keep, predicted = allocate_budget(groups, cost, 0.2 * cost.predict({}), s.rules, 16, ties, frozen,
-                                      max_ratio=0.6, price=price)
+                                      max_ratio=0.6, price=sens.price)
     for g in groups:
         assert keep[g.index] == g.width or keep[g.index] % 16 == 0
         assert keep[g.index] >= g.width * (1 - 0.6 * s.rules.ratio(g.kind, 1.0)) - 1e-9  # --max-ratio x rule

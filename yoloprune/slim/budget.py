@@ -163,6 +163,12 @@ class CostModel:
         return total + sum(d * shares.get(layer, shares[""]) + e for layer, (d, e) in self.rest.items())
 
 
+def cut_units(groups: list[CoupledGroup], ties: list[list[int]], frozen: set[int]) -> list[list[int]]:
+    """Group indices cut together to one width: each tie (unless frozen), then every other group that may be cut."""
+    tied = {i for t in ties for i in t}
+    return [t for t in ties if not set(t) & frozen] + [[g.index] for g in groups if g.index not in tied | frozen]
+
+
 def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, rules: ShortcutRules, round_to: int,
                     ties: list[list[int]], frozen: set[int], max_ratio: float = 0.75, loss: str = "macs",
                     price=None) -> tuple[dict[int, int], float]:
@@ -174,8 +180,7 @@ def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, 
     `width - step` channels; see `yoloprune.slim.sensitivity`), the rules then only setting each group's floor.
     """
     by_index = {g.index: g for g in groups}
-    tied = {i for t in ties for i in t}
-    units = [t for t in ties if not set(t) & frozen] + [[g.index] for g in groups if g.index not in tied | frozen]
+    units = cut_units(groups, ties, frozen)
     drop = {g.index: 0 for g in groups}
     steps, floor, weight = {}, {}, {}
     for u in units:

@@ -30,6 +30,7 @@ import torch
 from ..calibrate.bn import calibration_loss, reestimate_bn
 from ..calibrate.data import Calibration
 from ..graph.rewrite import rewrite_blocks
+from .budget import cut_units
 
 SHARES = (0.25, 0.5, 0.75)  # shares of a unit's removable channels probed
 IMAGES = 128  # calibration images used (half re-estimate BatchNorm, half measure the loss)
@@ -45,7 +46,12 @@ class Unit:
 
     @property
     def key(self) -> str:
-        return "+".join(self.names)
+        return unit_key(self.names)
+
+
+def unit_key(names) -> str:
+    """The key of the unit made of the groups with these root layer names."""
+    return "+".join(names)
 
 
 @dataclass
@@ -75,6 +81,12 @@ class Sensitivity:
         (w0, v0), (w1, v1) = curve[-2], curve[-1]  # below the narrowest measured width: its last slope
         return v1 + (v1 - v0) / max(w0 - w1, 1) * (w1 - width)
 
+    def price(self, groups, width: int, step: int) -> float:
+        """Loss rise of cutting the unit of `groups` (tied groups, in the order the graph gives them) from `width`
+        to `width - step` channels: the step price of `allocate_budget`."""
+        key = unit_key(g.root_name for g in groups)
+        return self.rise(key, width - step) - self.rise(key, width)
+
     def agreement(self) -> float | None:
         """Spearman rank correlation of the Taylor estimates with the measured rises over every probe (None
         without estimates)."""
@@ -103,13 +115,15 @@ def units(slimmer) -> list[Unit]:
     model = copy.deepcopy(slimmer.loaded.model).float().cpu()
     rewrite_blocks(model)
     groups, _, ties, frozen = slimmer.structure(model)
+    return _units(groups, ties, frozen, slimmer.round_to)
+
+
+def _units(groups, ties, frozen, round_to: int) -> list[Unit]:
     by_index = {g.index: g for g in groups}
-    tied = {i for t in ties for i in t}
     out = []
-    for members in [t for t in ties if not set(t) & frozen] + [[g.index] for g in groups
-                                                                if g.index not in tied | frozen]:
+    for members in cut_units(groups, ties, frozen):
         gs = [by_index[i] for i in members]
-        step = math.lcm(slimmer.round_to, *(g.multiple for g in gs))
+        step = math.lcm(round_to, *(g.multiple for g in gs))
         width = min(g.width for g in gs)
         if width > step:
             out.append(Unit([g.root_name for g in gs], width, step))
@@ -153,7 +167,7 @@ def measure(slimmer, shares=SHARES, images: int = IMAGES, cache: str | Path | No
     original = {k: v.clone() for k, v in model.state_dict().items()}
     reestimate_bn(model, fit)
     result = Sensitivity(calibration_loss(model, held), images=sub.images)
-    todo = units(slimmer)
+    todo = _units(groups, ties, frozen, slimmer.round_to)
     probes = [(u, w) for u in todo for w in probe_widths(u, shares)]
     saved = slimmer.widths, slimmer.model, slimmer.report, slimmer.recalibrate, slimmer.recalibration, slimmer.carried
     slimmer.recalibrate = False

@@ -208,14 +208,7 @@ class TargetSlimmer:
 
     def _allocate(self, groups, cost, budget, ties, frozen) -> tuple[float, bool]:
         s = self.slimmer
-        price = None
-        if self.sensitivity is not None:
-            sens = self.sensitivity
-
-            def price(gs, width, step):
-                key = "+".join(g.root_name for g in gs)
-                return sens.rise(key, width - step) - sens.rise(key, width)
-
+        price = self.sensitivity.price if self.sensitivity is not None else None
         keep, predicted = allocate_budget(groups, cost, budget, s.rules, s.round_to, ties, frozen, self.max_ratio,
                                           loss="share" if cost.unit == "MACs" else "macs", price=price)
         s.widths = {g.root_name: keep[g.index] for g in groups}

@@ -52,11 +52,11 @@ def step_widths(trainer, model: nn.Module, step: int) -> dict[str, int] | None:
     cfg = trainer.compression.pruning
     if cfg.pruning_steps <= 1:
         return None
-    if step == 0 or not cfg.pruning_plan:
-        if step > 0:
-            raise RuntimeError(f"step {step + 1} of a gradual cut found no plan in the run's arguments")
+    if step == 0:
         cfg.pruning_plan = json.dumps(_pruner(trainer, model, calibrate=False).schedule(cfg.pruning_steps))
         trainer.args.pruning_plan = cfg.pruning_plan  # saved in train_args with every checkpoint: resume reads it
+    elif not cfg.pruning_plan:
+        raise RuntimeError(f"step {step + 1} of a gradual cut found no plan in the run's arguments")
     return json.loads(cfg.pruning_plan)[step]
 
 
