@@ -376,3 +376,38 @@ distill_type: response
     table = rows(tmp_path / "seed")
     assert table[1]["model/params"] < table[0]["model/params"]
     assert all(r["train/kd_loss"] > 0 for r in table)
+
+
+def test_an_interrupted_pipeline_run_resumes_from_last(shapes, tmp_path):
+    """A benchmark or demo run killed mid-way goes on from its last.pt when asked again with the same settings;
+    with other settings it trains afresh; once finished it is reused."""
+    import json
+
+    from ultralytics import YOLO
+
+    from yoloprune.pipeline import STARTED, Recipe, run_settings, train_run
+
+    recipe = Recipe(imgsz=64, batch=8)
+
+    def killed(name):
+        """The run as train_run starts it, killed after its first epoch."""
+        (tmp_path / name).mkdir()
+        (tmp_path / name / STARTED).write_text(json.dumps(run_settings("yolo26n.yaml", shapes, 2, recipe)))
+        yolo = YOLO("yolo26n.yaml")
+        yolo.add_callback("on_model_save", kill_after(0))
+        with pytest.raises(Killed):
+            yolo.train(trainer=trainer_for("detect"), data=str(shapes), epochs=2, project=str(tmp_path), name=name,
+                       **recipe.keys())
+        return tmp_path / name
+
+    run = killed("r")
+    r = train_run("yolo26n.yaml", shapes, tmp_path, "r", 2, recipe, verbose=False)
+    assert [int(t["epoch"]) for t in rows(run)] == [1, 2]
+    assert torch.load(run / "weights/last.pt", weights_only=False)["train_args"]["resume"]
+    assert not r.cached and Path(r.weights).is_file()
+    assert train_run("yolo26n.yaml", shapes, tmp_path, "r", 2, recipe, verbose=False).cached
+
+    other = killed("o")
+    train_run("yolo26n.yaml", shapes, tmp_path, "o", 1, recipe, verbose=False)  # other settings: afresh
+    assert [int(t["epoch"]) for t in rows(other)] == [1]
+    assert not torch.load(other / "weights/last.pt", weights_only=False)["train_args"]["resume"]

@@ -1,8 +1,9 @@
 """The steps of the whole job, shared by `yoloprune demo` and the benchmarks: train, fine-tune, validate.
 
 Every training step is cached by its settings: a finished run leaves `yoloprune-run.json` beside its `weights/`
-folder, and asking for the same run again returns its checkpoint and metrics instead of training again (an
-interrupted run has no marker and is trained afresh).
+folder, and asking for the same run again returns its checkpoint and metrics instead of training again. A run records
+its settings when it starts (`yoloprune-started.json`): an interrupted run with the same settings resumes from its
+`last.pt` (Ultralytics' resume); one with other settings is trained afresh.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MARKER = "yoloprune-run.json"
+STARTED = "yoloprune-started.json"
 
 
 @dataclass
@@ -80,20 +82,48 @@ def train_run(model, data, project, name: str, epochs: int, recipe: Recipe, verb
     from .train.run import train
 
     run = Path(project) / name
-    settings = {"model": str(model), "model_sha1": fingerprint(model), "data": str(data), "epochs": epochs,
-                **recipe.keys(),
-                **{k: str(v) if isinstance(v, Path) else v for k, v in keys.items()}}
+    settings = run_settings(model, data, epochs, recipe, **keys)
     done = _finished(run, settings)
     if done:
         return done
     t = time.perf_counter()
-    metrics = train(str(model), data=str(data), epochs=epochs, project=str(Path(project).resolve()), name=name,
-                    verbose=verbose, **recipe.keys(), **keys)
+    metrics = _resumed(run, settings, verbose)
+    if metrics is None:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / STARTED).write_text(json.dumps(settings, indent=2))
+        metrics = train(str(model), data=str(data), epochs=epochs, project=str(Path(project).resolve()), name=name,
+                        verbose=verbose, **recipe.keys(), **keys)
     map50, map50_95 = box_maps(metrics)
     result = RunResult(str(run / "weights" / "best.pt"), round(map50, 4), round(map50_95, 4), epochs,
                        round(time.perf_counter() - t, 1))
     (run / MARKER).write_text(json.dumps({"settings": settings, "result": result.to_dict()}, indent=2))
     return result
+
+
+def run_settings(model, data, epochs: int, recipe: Recipe, **keys) -> dict:
+    """What identifies a run of `train_run`: a finished or interrupted run is reused only for the very same."""
+    return json.loads(json.dumps({"model": str(model), "model_sha1": fingerprint(model), "data": str(data),
+                                  "epochs": epochs, **recipe.keys(),
+                                  **{k: str(v) if isinstance(v, Path) else v for k, v in keys.items()}}))
+
+
+def _resumed(run: Path, settings: dict, verbose: bool):
+    """Ultralytics' metrics of `run` resumed from its `last.pt`, when it was started with these very settings and
+    stopped before its end; None when there is nothing to resume."""
+    from .errors import UserError
+    from .train.run import train
+
+    last = run / "weights" / "last.pt"
+    try:
+        started = json.loads((run / STARTED).read_text())
+    except (OSError, ValueError):
+        return None
+    if started != settings or not last.is_file():
+        return None
+    try:
+        return train(resume=str(last), verbose=verbose)
+    except UserError:  # finished (optimizer stripped) or unreadable: train afresh
+        return None
 
 
 def fingerprint(path) -> str | None:
@@ -114,7 +144,7 @@ def _finished(run: Path, settings: dict) -> RunResult | None:
         saved = json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
-    if saved.get("settings") != json.loads(json.dumps(settings)) or not Path(saved["result"]["weights"]).is_file():
+    if saved.get("settings") != settings or not Path(saved["result"]["weights"]).is_file():
         return None
     return RunResult(**{**saved["result"], "cached": True})
 
