@@ -45,6 +45,7 @@ use_offline(ROOT / "cache" / "config")
 from common import State, reinitialize, search_ratio  # noqa: E402
 
 METHODS = ("slim", "tp-floor", "scratch", "small-input")
+SETTINGS = ("data", "train", "val", "imgsz", "batch", "max_epochs", "patience", "preset")  # what the cache is keyed by
 QUICK = {"max_epochs": 40, "patience": 10, "epochs": 5, "speedups": "2", "seeds": "0", "runs": 20}
 
 
@@ -52,17 +53,51 @@ class Bench:
     def __init__(self, a):
         from yoloprune.pipeline import Recipe
 
+        from yoloprune.deploy.runtime import machine_name
+
         self.a = a
-        key = json.dumps({k: getattr(a, k) for k in ("data", "train", "val", "imgsz", "batch", "max_epochs",
-                                                     "patience", "preset")})
+        settings = {k: getattr(a, k) for k in SETTINGS}
+        key = json.dumps(settings)
         self.cache = ROOT / "cache" / f"tradeoff2-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         (self.cache / "slim").mkdir(parents=True, exist_ok=True)
-        self.state = State(self.cache / "state.json", {"bases": {}, "measured": {}, "runs": {}, "points": {}})
+        fresh = not (self.cache / "state.json").is_file()
+        self.state = State(self.cache / "state.json", {"bases": {}, "measured": {}, "runs": {}, "points": {},
+                                                       "machine": machine_name()})
+        if fresh and a.adopt:
+            self.adopt(Path(a.adopt), settings)
         self.recipe = lambda seed=0, imgsz=a.imgsz: Recipe(imgsz=imgsz, batch=a.batch, seed=seed)
         self._calib = None  # the calibration sample, drawn once
 
     def save(self):
         self.state.save()
+
+    def adopt(self, path: Path, settings: dict) -> None:
+        """Start from the finished measurements and runs of an earlier run's `--json` (a clone holds the committed
+        results, not the cache), when it ran with these settings on this kind of machine. Its bases are trained
+        again here; a model whose base does not reproduce its recorded curve loses what was adopted for it."""
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        why = ("other settings" if {k: old.get("args", {}).get(k) for k in SETTINGS} != settings else
+               f"timed on {old.get('machine')}, this is {self.state.data['machine']}"
+               if old.get("machine") != self.state.data["machine"] else None)
+        if why:
+            print(f"not adopting {path}: {why}")
+            return
+        for k in ("bases", "measured", "runs", "points"):
+            self.state.data[k] = old.get(k, {})
+        for b in self.state.data["bases"].values():
+            b["adopted"] = str(path)
+        print(f"adopted {len(self.state.data['runs'])} runs and the timings of {path}; checking its bases")
+        self.save()
+
+    def drop(self, stem: str) -> None:
+        """Forget everything measured on base `stem` (its base changed)."""
+        s = self.state.data
+        for k in ("bases", "measured", "points"):
+            s[k] = {key: v for key, v in s[k].items() if stem not in key.split("->")}
+        s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")}
 
     # -- data and bases -----------------------------------------------------------------------------------------
     def prepare(self, models):
@@ -90,12 +125,17 @@ class Bench:
             r = train_run(model, self.data, self.cache, f"base-{stem}", a.max_epochs, self.recipe(),
                           patience=a.patience)
             self.bases[stem] = Path(r.weights)
-            if stem not in self.state.data["bases"]:
+            known = self.state.data["bases"].get(stem)
+            if known is None or known.get("adopted"):
                 curve = _curve(self.cache / f"base-{stem}")
-                self.state.data["bases"][stem] = {
-                    "weights": r.weights, "epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1,
-                    "curve": curve, "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
-                    "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
+                record = {"weights": r.weights, "epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1,
+                          "curve": curve, "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
+                          "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
+                if known and (known["curve"], known["map50_95"]) != (curve, record["map50_95"]):
+                    print(f"base {stem} did not reproduce the adopted one ({record['map50_95']} vs "
+                          f"{known['map50_95']}): its adopted measurements and runs are dropped")
+                    self.drop(stem)
+                self.state.data["bases"][stem] = record
                 self.save()
             b = self.state.data["bases"][stem]
             print(f"base {stem}: mAP50-95 {b['map50_95']:.4f} after {b['epochs']} epochs (best {b['best_epoch']}, "
@@ -374,6 +414,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds (default 30)")
     p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
+    p.add_argument("--adopt", default=str(ROOT / "results" / "tradeoff.json"),
+                   help="a fresh cache starts from this earlier --json's finished runs and timings when its settings "
+                        "and machine match and its bases reproduce (default: the committed results; '' for none)")
     p.add_argument("--report", action="store_true",
                    help="only print and write what the state holds so far (an unfinished run's results)")
     p.add_argument("--json", help="write the state and the table here")

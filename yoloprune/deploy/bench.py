@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -12,7 +11,7 @@ import numpy as np
 
 from ..errors import UserError
 from .export import quiet_ultralytics
-from .runtime import DEVICES, RUNTIMES, OrtRunner, TorchRunner, default_threads, interleaved, onnx_cost
+from .runtime import DEVICES, RUNTIMES, OrtRunner, TorchRunner, default_threads, interleaved, machine_name, onnx_cost
 
 
 @dataclass
@@ -39,7 +38,7 @@ class BenchResult:
     warmup: int
     runs: int
     rows: list[BenchRow] = field(default_factory=list)
-    machine: str = field(default_factory=lambda: f"{platform.processor() or platform.machine()}, {default_threads()} cores")
+    machine: str = field(default_factory=machine_name)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,6 +25,20 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def machine_name() -> str:
+    """The CPU's model name and the cores this process may use ("AMD EPYC, 2 cores"): timings are comparable only
+    between runs on the same machine."""
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()}, {default_threads()} cores"
+
+
 def ort_session(path: Path, device: str = "cpu", threads: int | None = None, profile: str | None = None):
     """An ONNX Runtime session set up for timing (full graph optimisation, sequential, no idle spinning); with
     `profile`, ONNX Runtime's operator profiler writes there (file name prefix)."""

@@ -1,0 +1,101 @@
+"""How the fine-tune after a deep cut should learn: its learning rate, with and without distillation, over seeds.
+
+On the trade-off benchmark's converged base (its cache; trained there when missing) and its `slim` cut at `--speedup`
+(the rules ratio it measured, cut with calibration data; searched here when missing), `--epochs` epochs from each
+learning rate of `--lrs` (AdamW, the pipeline's recipe otherwise: 1 warm-up epoch, linear decay to 1 %), with
+distillation from the base (`kd`) and without (`plain`), once per training seed of `--seeds`. The base itself is
+trained the same way (`reference`): the equally-trained base of every recipe. mAP50-95 of best.pt by Ultralytics'
+validator. Resumable.
+
+    python benchmarks/finetune.py --json benchmarks/results/finetune.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from yoloprune.offline import use_offline  # noqa: E402
+
+use_offline(ROOT / "cache" / "config")
+
+from common import State, tradeoff_base, write_results  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--speedup", type=float, default=2.0, help="the trade-off point whose cut is fine-tuned (default 2)")
+    p.add_argument("--lrs", default="0.001,0.002,0.004,0.008", help="initial learning rates (default "
+                   "0.001,0.002,0.004,0.008; the pipeline's is 0.002)")
+    p.add_argument("--ways", default="kd,plain", help="kd (distillation from the base), plain (default both)")
+    p.add_argument("--who", default="slim,reference", help="what is trained: slim, reference (default both)")
+    p.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
+    p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
+    p.add_argument("--json", help="write the state and the table here")
+    a, rest = p.parse_known_args(argv)
+    t, bench, stem = tradeoff_base(rest)
+    state = State(bench.cache / f"finetune-{a.speedup:g}x.json", {"runs": {}})
+    if not a.report:
+        run_all(a, t, bench, stem, state)
+    write_results(a.json, state, a, format_table(t, state))
+    return 0
+
+
+def run_all(a, t, bench, stem, state) -> None:
+    from tqdm import tqdm
+
+    from yoloprune.pipeline import kd_keys, train_run
+
+    bench.prepare([t.models.split(",")[0]])
+    base = bench.bases[stem]
+    found = bench.ratio_for(stem, "rules", a.speedup)
+    if "ratio" not in found:
+        raise SystemExit(f"the rules plan does not reach {a.speedup:g}x: {found['unreachable']}")
+    state.data["ratio"], state.data["speedup"] = found["ratio"], found["speedup"]
+    slim = bench.cut(stem, "rules", found["ratio"], calibrated=True)
+    models = {"slim": slim, "reference": base}
+    jobs = [(who, way, float(lr), int(seed)) for seed in a.seeds.split(",") for who in a.who.split(",")
+            for lr in a.lrs.split(",") for way in a.ways.split(",")]
+    for who, way, lr, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
+        key = f"{who}|{way}|{lr:g}|{seed}"
+        if key in state.data["runs"]:
+            continue
+        keys = kd_keys(base) if way == "kd" else {}
+        recipe = dataclasses.replace(bench.recipe(seed), lr0=lr)
+        r = train_run(models[who], bench.data, bench.cache / "runs", f"ft-{a.speedup:g}x-{key.replace('|', '-')}",
+                      t.epochs, recipe, verbose=False, **keys)
+        state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
+        state.save()
+
+
+def format_table(t, state) -> str:
+    runs = state.data["runs"]
+    lines = [f"{t.epochs} epochs after the rules cut at {state.data.get('speedup')}x (ratio {state.data.get('ratio')}),"
+             f" and the base trained the same ({t.imgsz} px); mAP50-95 of best.pt, mean ± half the range over seeds (n)",
+             "", "| lr0 | way | slim | reference | slim / reference |", "|---|---|---|---|---|"]
+    for lr, way in sorted({(k.split("|")[2], k.split("|")[1]) for k in runs}, key=lambda x: (float(x[0]), x[1])):
+        cells = {}
+        for who in ("slim", "reference"):
+            v = [r["map50_95"] for k, r in runs.items() if k.startswith(f"{who}|{way}|{lr}|")]
+            cells[who] = v
+        lines.append(f"| {lr} | {way} | {_ms(cells['slim'])} | {_ms(cells['reference'])} | "
+                     + (f"{statistics.mean(cells['slim']) / statistics.mean(cells['reference']):.1%} |"
+                        if cells["slim"] and cells["reference"] else "- |"))
+    return "\n".join(lines)
+
+
+def _ms(v: list[float]) -> str:
+    if not v:
+        return "-"
+    spread = f" ± {(max(v) - min(v)) / 2:.4f}" if len(v) > 1 else ""
+    return f"{statistics.mean(v):.4f}{spread} ({len(v)})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
