@@ -27,17 +27,33 @@ def write_results(path: str | None, state: "State", args, table: str) -> None:
 
 class State:
     """A JSON file of everything a benchmark measured so far (`empty` when there is none yet); saved after every
-    step, atomically, so an interrupted run resumes where it stopped."""
+    step, atomically, so an interrupted run resumes where it stopped. A save first takes in what another process
+    saved meanwhile (entries this one lacks), so two processes may train one benchmark's runs side by side."""
 
     def __init__(self, path: Path, empty: dict):
         self.path = path
         self.data = json.loads(path.read_text()) if path.is_file() else copy.deepcopy(empty)
 
-    def save(self) -> None:
+    def save(self, merge: bool = True) -> None:
+        """Write the state; with `merge`, entries on disk that this one lacks are kept (`merge=False` after
+        entries were deliberately dropped)."""
         from yoloprune.checkpoint import atomic_write
 
+        if merge and self.path.is_file():
+            try:
+                _take_missing(self.data, json.loads(self.path.read_text()))
+            except ValueError:
+                pass
         text = json.dumps(self.data, indent=2)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _take_missing(mine: dict, theirs: dict) -> None:
+    for k, v in theirs.items():
+        if k not in mine:
+            mine[k] = v
+        elif isinstance(mine[k], dict) and isinstance(v, dict):
+            _take_missing(mine[k], v)
 
 
 def search_ratio(speedup_at, target: float, max_ratio: float, known: dict, tol: float = 0.03, steps: int = 8) -> dict:

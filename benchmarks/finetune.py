@@ -1,11 +1,12 @@
 """How the fine-tune after a deep cut should learn: its learning rate, with and without distillation, over seeds.
 
-On the trade-off benchmark's converged base (its cache; trained there when missing) and its `slim` cut at `--speedup`
-(the rules ratio it measured, cut with calibration data; searched here when missing), `--epochs` epochs from each
-learning rate of `--lrs` (AdamW, the pipeline's recipe otherwise: 1 warm-up epoch, linear decay to 1 %), with
-distillation from the base (`kd`) and without (`plain`), once per training seed of `--seeds`. The base itself is
-trained the same way (`reference`): the equally-trained base of every recipe. mAP50-95 of best.pt by Ultralytics'
-validator. Resumable.
+On the trade-off benchmark's converged base (its cache; trained there when missing) and its `slim` plan at
+`--speedup` (the rules ratio it measured; searched here when missing), cut by each scorer of `--cuts` (`taylor`: with
+calibration data and judged BatchNorm recalibration, the trade-off's `slim`; `l1`: magnitude, no data), `--epochs`
+epochs from each learning rate of `--lrs` (AdamW, the pipeline's recipe otherwise: 1 warm-up epoch, linear decay to
+1 %), with distillation from the base (`kd`) and without (`plain`), once per training seed of `--seeds`. The base
+itself is trained the same way (`reference`): the equally-trained base of every recipe. mAP50-95 of best.pt by
+Ultralytics' validator. Resumable.
 
     python benchmarks/finetune.py --json benchmarks/results/finetune.json
 """
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="0.001,0.002,0.004,0.008", help="initial learning rates (default "
                    "0.001,0.002,0.004,0.008; the pipeline's is 0.002)")
     p.add_argument("--ways", default="kd,plain", help="kd (distillation from the base), plain (default both)")
+    p.add_argument("--cuts", default="taylor,l1", help="scorers of the cut: taylor (calibrated), l1 (default both)")
     p.add_argument("--who", default="slim,reference", help="what is trained: slim, reference (default both)")
     p.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
@@ -58,17 +60,20 @@ def run_all(a, t, bench, stem, state) -> None:
     if "ratio" not in found:
         raise SystemExit(f"the rules plan does not reach {a.speedup:g}x: {found['unreachable']}")
     state.data["ratio"], state.data["speedup"] = found["ratio"], found["speedup"]
-    slim = bench.cut(stem, "rules", found["ratio"], calibrated=True)
-    models = {"slim": slim, "reference": base}
-    jobs = [(who, way, float(lr), int(seed)) for seed in a.seeds.split(",") for who in a.who.split(",")
+    state.data["base"] = bench.state.data["bases"][stem]["map50_95"]
+    models = {("slim", cut): bench.cut(stem, "rules", found["ratio"], calibrated=cut == "taylor")
+              for cut in a.cuts.split(",")}
+    models[("reference", "-")] = base
+    jobs = [(who, cut, way, float(lr), int(seed)) for seed in a.seeds.split(",") for who in a.who.split(",")
+            for cut in (a.cuts.split(",") if who == "slim" else ["-"])
             for lr in a.lrs.split(",") for way in a.ways.split(",")]
-    for who, way, lr, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
-        key = f"{who}|{way}|{lr:g}|{seed}"
+    for who, cut, way, lr, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
+        key = f"{who}|{cut}|{way}|{lr:g}|{seed}"
         if key in state.data["runs"]:
             continue
         keys = kd_keys(base) if way == "kd" else {}
         recipe = dataclasses.replace(bench.recipe(seed), lr0=lr)
-        r = train_run(models[who], bench.data, bench.cache / "runs", f"ft-{a.speedup:g}x-{key.replace('|', '-')}",
+        r = train_run(models[(who, cut)], bench.data, bench.cache / "runs", f"ft-{a.speedup:g}x-{key.replace('|', '-')}",
                       t.epochs, recipe, verbose=False, **keys)
         state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
         state.save()
@@ -77,16 +82,17 @@ def run_all(a, t, bench, stem, state) -> None:
 def format_table(t, state) -> str:
     runs = state.data["runs"]
     lines = [f"{t.epochs} epochs after the rules cut at {state.data.get('speedup')}x (ratio {state.data.get('ratio')}),"
-             f" and the base trained the same ({t.imgsz} px); mAP50-95 of best.pt, mean ± half the range over seeds (n)",
-             "", "| lr0 | way | slim | reference | slim / reference |", "|---|---|---|---|---|"]
-    for lr, way in sorted({(k.split("|")[2], k.split("|")[1]) for k in runs}, key=lambda x: (float(x[0]), x[1])):
-        cells = {}
-        for who in ("slim", "reference"):
-            v = [r["map50_95"] for k, r in runs.items() if k.startswith(f"{who}|{way}|{lr}|")]
-            cells[who] = v
-        lines.append(f"| {lr} | {way} | {_ms(cells['slim'])} | {_ms(cells['reference'])} | "
-                     + (f"{statistics.mean(cells['slim']) / statistics.mean(cells['reference']):.1%} |"
-                        if cells["slim"] and cells["reference"] else "- |"))
+             f" and the base trained the same ({t.imgsz} px; base {state.data.get('base')}); mAP50-95 of best.pt, mean"
+             " ± half the range over seeds (n)", "",
+             "| lr0 | way | cut | slim | reference | slim / reference | slim / base |", "|---|---|---|---|---|---|---|"]
+    for lr, way, cut in sorted({(k.split("|")[3], k.split("|")[2], k.split("|")[1]) for k in runs if k[0] == "s"},
+                               key=lambda x: (float(x[0]), x[1], x[2])):
+        slim = [r["map50_95"] for k, r in runs.items() if k.startswith(f"slim|{cut}|{way}|{lr}|")]
+        ref = [r["map50_95"] for k, r in runs.items() if k.startswith(f"reference|-|{way}|{lr}|")]
+        base = state.data.get("base")
+        lines.append(f"| {lr} | {way} | {cut} | {_ms(slim)} | {_ms(ref)} | "
+                     + (f"{statistics.mean(slim) / statistics.mean(ref):.1%} | " if slim and ref else "- | ")
+                     + (f"{statistics.mean(slim) / base:.1%} |" if slim and base else "- |"))
     return "\n".join(lines)
 
 

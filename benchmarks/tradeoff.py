@@ -68,8 +68,8 @@ class Bench:
         self.recipe = lambda seed=0, imgsz=a.imgsz: Recipe(imgsz=imgsz, batch=a.batch, seed=seed)
         self._calib = None  # the calibration sample, drawn once
 
-    def save(self):
-        self.state.save()
+    def save(self, merge: bool = True):
+        self.state.save(merge)
 
     def adopt(self, path: Path, settings: dict) -> None:
         """Start from the finished measurements and runs of an earlier run's `--json` (a clone holds the committed
@@ -88,7 +88,7 @@ class Bench:
         for k in ("bases", "measured", "runs", "points"):
             self.state.data[k] = old.get(k, {})
         for b in self.state.data["bases"].values():
-            b["adopted"] = str(path)
+            b["adopted"] = {"from": str(path), "checked": False}
         print(f"adopted {len(self.state.data['runs'])} runs and the timings of {path}; checking its bases")
         self.save()
 
@@ -98,6 +98,7 @@ class Bench:
         for k in ("bases", "measured", "points"):
             s[k] = {key: v for key, v in s[k].items() if stem not in key.split("->")}
         s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")}
+        self.state.save(merge=False)
 
     # -- data and bases -----------------------------------------------------------------------------------------
     def prepare(self, models):
@@ -126,7 +127,7 @@ class Bench:
                           patience=a.patience)
             self.bases[stem] = Path(r.weights)
             known = self.state.data["bases"].get(stem)
-            if known is None or known.get("adopted"):
+            if known is None or known.get("adopted", {}).get("checked") is False:
                 curve = _curve(self.cache / f"base-{stem}")
                 record = {"weights": r.weights, "epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1,
                           "curve": curve, "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
@@ -135,6 +136,8 @@ class Bench:
                     print(f"base {stem} did not reproduce the adopted one ({record['map50_95']} vs "
                           f"{known['map50_95']}): its adopted measurements and runs are dropped")
                     self.drop(stem)
+                elif known:
+                    record["adopted"] = {**known["adopted"], "checked": True}
                 self.state.data["bases"][stem] = record
                 self.save()
             b = self.state.data["bases"][stem]
