@@ -1,14 +1,16 @@
-"""How the fine-tune after a deep cut should learn: its learning rate, with and without distillation, over seeds.
+"""How the fine-tune after a deep cut should learn: its recipe (learning rate, augmentation schedule, ...), with and
+without distillation, from two scorers' cuts, over seeds.
 
 On the trade-off benchmark's converged base (its cache; trained there when missing) and its `slim` plan at
 `--speedup` (the rules ratio it measured; searched here when missing), cut by each scorer of `--cuts` (`taylor`: with
 calibration data and judged BatchNorm recalibration, the trade-off's `slim`; `l1`: magnitude, no data), `--epochs`
-epochs from each learning rate of `--lrs` (AdamW, the pipeline's recipe otherwise: 1 warm-up epoch, linear decay to
-1 %), with distillation from the base (`kd`) and without (`plain`), once per training seed of `--seeds`. The base
-itself is trained the same way (`reference`): the equally-trained base of every recipe. mAP50-95 of best.pt by
-Ultralytics' validator. Resumable.
+epochs with each recipe of `--recipes` (the pipeline's: AdamW lr0 0.002, 1 warm-up epoch, linear decay to 1 %,
+Ultralytics' `close_mosaic` 10; a recipe changes any of its keys), with distillation from the base (`kd`) and without
+(`plain`), once per training seed of `--seeds`. The base itself is trained by every recipe too (`reference`, without
+distillation): the equally-trained base of that recipe. mAP50-95 of best.pt by Ultralytics' validator. Resumable; two processes may
+share one state.
 
-    python benchmarks/finetune.py --json benchmarks/results/finetune.json
+    python benchmarks/finetune.py --recipes "default;lr0=0.004;close_mosaic=0" --json benchmarks/results/finetune.json
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from common import State, tradeoff_base, write_results  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--speedup", type=float, default=2.0, help="the trade-off point whose cut is fine-tuned (default 2)")
-    p.add_argument("--lrs", default="0.001,0.002,0.004,0.008", help="initial learning rates (default "
-                   "0.001,0.002,0.004,0.008; the pipeline's is 0.002)")
+    p.add_argument("--recipes", default="default;lr0=0.004;close_mosaic=0",
+                   help="';'-separated recipes, each 'default' or comma-separated key=value training keys "
+                        "(default: default;lr0=0.004;close_mosaic=0)")
     p.add_argument("--ways", default="kd,plain", help="kd (distillation from the base), plain (default both)")
     p.add_argument("--cuts", default="taylor,l1", help="scorers of the cut: taylor (calibrated), l1 (default both)")
     p.add_argument("--who", default="slim,reference", help="what is trained: slim, reference (default both)")
@@ -47,6 +50,26 @@ def main(argv=None) -> int:
         run_all(a, t, bench, stem, state)
     write_results(a.json, state, a, format_table(t, state))
     return 0
+
+
+def parse_recipe(text: str) -> dict:
+    """'lr0=0.004,close_mosaic=0' -> {"lr0": 0.004, "close_mosaic": 0}; 'default' -> {}."""
+    keys = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part or part == "default":
+            continue
+        if "=" not in part:
+            raise SystemExit(f"recipe part {part!r} is not key=value")
+        k, v = (x.strip() for x in part.split("=", 1))
+        for cast in (int, float):
+            try:
+                v = cast(v)
+                break
+            except ValueError:
+                pass
+        keys[k] = v
+    return keys
 
 
 def run_all(a, t, bench, stem, state) -> None:
@@ -64,33 +87,36 @@ def run_all(a, t, bench, stem, state) -> None:
     models = {("slim", cut): bench.cut(stem, "rules", found["ratio"], calibrated=cut == "taylor")
               for cut in a.cuts.split(",")}
     models[("reference", "-")] = base
-    jobs = [(who, cut, way, float(lr), int(seed)) for seed in a.seeds.split(",") for who in a.who.split(",")
-            for cut in (a.cuts.split(",") if who == "slim" else ["-"])
-            for lr in a.lrs.split(",") for way in a.ways.split(",")]
-    for who, cut, way, lr, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
-        key = f"{who}|{cut}|{way}|{lr:g}|{seed}"
+    recipes = [r.strip() for r in a.recipes.split(";") if r.strip()]
+    jobs = [(who, cut, way, recipe, int(seed)) for seed in a.seeds.split(",") for recipe in recipes
+            for who in a.who.split(",") for cut in (a.cuts.split(",") if who == "slim" else ["-"])
+            for way in (a.ways.split(",") if who == "slim" else ["plain"])]
+    for who, cut, way, recipe, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
+        key = f"{who}|{cut}|{way}|{recipe}|{seed}"
         if key in state.data["runs"]:
             continue
-        keys = kd_keys(base) if way == "kd" else {}
-        recipe = dataclasses.replace(bench.recipe(seed), lr0=lr)
-        r = train_run(models[(who, cut)], bench.data, bench.cache / "runs", f"ft-{a.speedup:g}x-{key.replace('|', '-')}",
-                      t.epochs, recipe, verbose=False, **keys)
+        keys = {**(kd_keys(base) if way == "kd" else {}), **parse_recipe(recipe)}
+        fields = {f.name for f in dataclasses.fields(bench.recipe(seed))}
+        settings = dataclasses.replace(bench.recipe(seed), **{k: v for k, v in keys.items() if k in fields})
+        name = "-".join(["ft", f"{a.speedup:g}x", who, cut, way, recipe.replace("=", "").replace(",", "+"), str(seed)])
+        r = train_run(models[(who, cut)], bench.data, bench.cache / "runs", name, t.epochs, settings, verbose=False,
+                      **{k: v for k, v in keys.items() if k not in fields})
         state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
         state.save()
 
 
 def format_table(t, state) -> str:
     runs = state.data["runs"]
+    base = state.data.get("base")
     lines = [f"{t.epochs} epochs after the rules cut at {state.data.get('speedup')}x (ratio {state.data.get('ratio')}),"
-             f" and the base trained the same ({t.imgsz} px; base {state.data.get('base')}); mAP50-95 of best.pt, mean"
-             " ± half the range over seeds (n)", "",
-             "| lr0 | way | cut | slim | reference | slim / reference | slim / base |", "|---|---|---|---|---|---|---|"]
-    for lr, way, cut in sorted({(k.split("|")[3], k.split("|")[2], k.split("|")[1]) for k in runs if k[0] == "s"},
-                               key=lambda x: (float(x[0]), x[1], x[2])):
-        slim = [r["map50_95"] for k, r in runs.items() if k.startswith(f"slim|{cut}|{way}|{lr}|")]
-        ref = [r["map50_95"] for k, r in runs.items() if k.startswith(f"reference|-|{way}|{lr}|")]
-        base = state.data.get("base")
-        lines.append(f"| {lr} | {way} | {cut} | {_ms(slim)} | {_ms(ref)} | "
+             f" and the base trained the same ({t.imgsz} px; base {base}); mAP50-95 of best.pt, mean ± half the range"
+             " over seeds (n)", "",
+             "| recipe | way | cut | slim | reference | slim / reference | slim / base |", "|---" * 7 + "|"]
+    combos = {tuple(k.split("|")[1:4]) for k in runs if k.startswith("slim|")}
+    for cut, way, recipe in sorted(combos, key=lambda c: (c[2], c[1], c[0])):
+        slim = [r["map50_95"] for k, r in runs.items() if k.startswith(f"slim|{cut}|{way}|{recipe}|")]
+        ref = [r["map50_95"] for k, r in runs.items() if k.startswith(f"reference|-|plain|{recipe}|")]
+        lines.append(f"| {recipe} | {way} | {cut} | {_ms(slim)} | {_ms(ref)} | "
                      + (f"{statistics.mean(slim) / statistics.mean(ref):.1%} | " if slim and ref else "- | ")
                      + (f"{statistics.mean(slim) / base:.1%} |" if slim and base else "- |"))
     return "\n".join(lines)
