@@ -29,8 +29,10 @@ Resumable: every finished measurement and run is kept in the cache folder and in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -231,9 +233,12 @@ class Bench:
         runs = self.state.data["runs"]
         if key not in runs:
             # a run at another input size is named by that size: speed-ups that land on one size share its run
-            name = f"{key.split('@')[0]}-{imgsz}px-{seed}" if imgsz else key.replace("@", "-")
-            r = train_run(model, self.data, self.cache / "runs", name.replace("|", "-"), epochs,
-                          self.recipe(seed, imgsz or self.a.imgsz), verbose=False, **keys)
+            name = (f"{key.split('@')[0]}-{imgsz}px-{seed}" if imgsz else key.replace("@", "-")).replace("|", "-")
+            with _claim(self.cache / "runs" / f"{name}.claim") as mine:
+                if not mine:  # another process of this benchmark is training it
+                    return None
+                r = train_run(model, self.data, self.cache / "runs", name, epochs,
+                              self.recipe(seed, imgsz or self.a.imgsz), verbose=False, **keys)
             runs[key] = {"map50_95": r.map50_95, "map50": r.map50, "epochs": epochs, "seconds": r.seconds}
             self.save()
         return runs[key]
@@ -254,6 +259,8 @@ class Bench:
             seeds = a.seeds if sp == a.seed_speedup else a.seeds[:1]
             p = pts.setdefault(f"{sp:g}", {})
             for kind, name in (("rules", "slim"), ("uniform", "tp-floor")):
+                if name not in a.methods and not (name == "slim" and "scratch" in a.methods):
+                    continue
                 found = self.ratio_for(stem, kind, sp)
                 if "ratio" not in found:
                     p[name] = {"unreachable": f"{kind} {found['unreachable']}"}
@@ -263,8 +270,9 @@ class Bench:
                 p.setdefault(name, {"ratio": r, **self.timed(f"{kind}-{r:.2f}", stem, lambda: slim),
                                     "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
                 keys = kd_keys(base) if name == "slim" else {"precise_bn": False}
-                jobs += [(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, None, keys) for seed in seeds]
-                if name == "slim":
+                if name in a.methods:
+                    jobs += [(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, None, keys) for seed in seeds]
+                if name == "slim" and "scratch" in a.methods:
                     scratch = self.cache / "slim" / f"{stem}-scratch-{r:.2f}.pt"
                     if not scratch.exists():
                         loaded = load_model(slim)
@@ -272,6 +280,9 @@ class Bench:
                     p.setdefault("scratch", {**p["slim"], "cut": None})
                     scratch_jobs += [(f"{stem}|scratch@{sp:g}|{seed}", scratch, b["epochs"] + a.epochs, seed, None, {})
                                      for seed in seeds]
+            if "small-input" not in a.methods:
+                self.save()
+                continue
             small = self.small_input(stem, sp)
             p.setdefault("small-input", {**small, "cut": round(validate(base, self.data, small["imgsz"], a.batch)[1],
                                                                   4)})
@@ -382,6 +393,32 @@ class Bench:
         fig.savefig(path, dpi=120)
 
 
+@contextlib.contextmanager
+def _claim(path: Path):
+    """Yields whether this process may train the run `path` names: another live process of the benchmark may hold
+    it (its pid in the file); a claim left by a killed process is taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                yield False  # alive: it is training this run
+                return
+            except (ProcessLookupError, ValueError, OSError):
+                path.unlink(missing_ok=True)  # its process is gone
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
 def _ms(v: list[float]) -> str:
     if not v:
         return "-"
@@ -416,6 +453,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-imgsz", type=int, default=640, help="size of the latency figures (default 640)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds (default 30)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"the points measured (default all: {','.join(METHODS)}); the reference always")
     p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
     p.add_argument("--adopt", default=str(ROOT / "results" / "tradeoff.json"),
                    help="a fresh cache starts from this earlier --json's finished runs and timings when its settings "
@@ -436,6 +475,11 @@ def main(argv=None) -> int:
                 setattr(a, k, v)
     a.speedups = [float(x) for x in str(a.speedups).split(",") if x.strip()]
     a.seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()]
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = set(a.methods) - set(METHODS)
+    if unknown:
+        print(f"error: unknown --methods {', '.join(sorted(unknown))}: choose from {', '.join(METHODS)}")
+        return 2
     models = [m.strip() for m in a.models.split(",") if m.strip()]
 
     bench = Bench(a)
