@@ -76,7 +76,8 @@ class Bench:
     def adopt(self, path: Path, settings: dict) -> None:
         """Start from the finished measurements and runs of an earlier run's `--json` (a clone holds the committed
         results, not the cache), when it ran with these settings on this kind of machine. Its bases are trained
-        again here; a model whose base does not reproduce its recorded curve loses what was adopted for it."""
+        again here; a model whose base does not reproduce its recorded curve keeps only its timings (they depend on
+        the architectures, not on the weights) and loses its cuts' figures and runs."""
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -95,9 +96,9 @@ class Bench:
         self.save()
 
     def drop(self, stem: str) -> None:
-        """Forget everything measured on base `stem` (its base changed)."""
+        """Forget every figure of base `stem`'s weights (its base changed): all but the timings."""
         s = self.state.data
-        for k in ("bases", "measured", "points"):
+        for k in ("bases", "points"):
             s[k] = {key: v for key, v in s[k].items() if stem not in key.split("->")}
         s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")}
         self.state.save(merge=False)
@@ -136,10 +137,11 @@ class Bench:
                           "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
                 if known and (known["curve"], known["map50_95"]) != (curve, record["map50_95"]):
                     print(f"base {stem} did not reproduce the adopted one ({record['map50_95']} vs "
-                          f"{known['map50_95']}): its adopted measurements and runs are dropped")
+                          f"{known['map50_95']}): only its adopted timings are kept")
                     self.drop(stem)
-                elif known:
-                    record["adopted"] = {**known["adopted"], "checked": True}
+                if known:
+                    record["adopted"] = {**known["adopted"], "checked": True,
+                                         "reproduced": record["curve"] == known["curve"]}
                 self.state.data["bases"][stem] = record
                 self.save()
             b = self.state.data["bases"][stem]
