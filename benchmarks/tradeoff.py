@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ from yoloprune.offline import use_offline  # noqa: E402
 use_offline(ROOT / "cache" / "config")
 
 from common import State, reinitialize, search_ratio  # noqa: E402
+
+from yoloprune.checkpoint import atomic_write  # noqa: E402
 
 METHODS = ("slim", "tp-floor", "scratch", "small-input")
 SETTINGS = ("data", "train", "val", "imgsz", "batch", "max_epochs", "patience", "preset")  # what the cache is keyed by
@@ -126,16 +129,24 @@ class Bench:
         self.bases = {}
         for model in models:
             stem = Path(model).stem
-            r = train_run(model, self.data, self.cache, f"base-{stem}", a.max_epochs, self.recipe(),
-                          patience=a.patience)
-            self.bases[stem] = Path(r.weights)
+            kept = ROOT / "results" / "bases" / self.cache.name / f"{stem}.pt"
+            record = self.kept_base(kept)
+            if record is None:
+                r = train_run(model, self.data, self.cache, f"base-{stem}", a.max_epochs, self.recipe(),
+                              patience=a.patience)
+                curve = _curve(self.cache / f"base-{stem}")
+                record = {"epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1, "curve": curve,
+                          "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
+                          "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(kept, lambda tmp, src=r.weights: shutil.copyfile(src, tmp))
+                text = json.dumps(record, indent=2)
+                atomic_write(kept.with_suffix(".json"), lambda tmp, t=text: Path(tmp).write_text(t))
+            self.bases[stem] = kept
             known = self.state.data["bases"].get(stem)
             if known is None or known.get("adopted", {}).get("checked") is False:
-                curve = _curve(self.cache / f"base-{stem}")
-                record = {"weights": r.weights, "epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1,
-                          "curve": curve, "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
-                          "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
-                if known and (known["curve"], known["map50_95"]) != (curve, record["map50_95"]):
+                record = {"weights": str(kept), **record}
+                if known and (known["curve"], known["map50_95"]) != (record["curve"], record["map50_95"]):
                     print(f"base {stem} did not reproduce the adopted one ({record['map50_95']} vs "
                           f"{known['map50_95']}): only its adopted timings are kept")
                     self.drop(stem)
@@ -143,13 +154,32 @@ class Bench:
                     record["adopted"] = {**known["adopted"], "checked": True,
                                          "reproduced": record["curve"] == known["curve"]}
                 self.state.data["bases"][stem] = record
-                self.save()
+            self.state.data["bases"][stem]["weights"] = str(kept)
+            self.save()
             b = self.state.data["bases"][stem]
             print(f"base {stem}: mAP50-95 {b['map50_95']:.4f} after {b['epochs']} epochs (best {b['best_epoch']}, "
                   f"stopped by {b['stopped']})")
             onnx = self.cache / f"{stem}-{a.bench_imgsz}.onnx"
             if not onnx.exists():
                 export(self.bases[stem], imgsz=a.bench_imgsz, output=onnx, verbose=False)
+
+    def kept_base(self, kept: Path) -> dict | None:
+        """The record of a base kept beside the results (`results/bases/<cache>/<stem>.pt` and `.json`: a clone
+        holds them when they were committed, so a later session need not train the base again), when it measures
+        its recorded mAP50-95 on this data; None otherwise."""
+        from yoloprune.pipeline import validate
+
+        try:
+            record = json.loads(kept.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not kept.is_file():
+            return None
+        got = round(validate(kept, self.data, self.a.imgsz, self.a.batch)[1], 4)
+        if got != record["map50_95"]:
+            print(f"{kept} measures {got} on this data, recorded {record['map50_95']}: not used")
+            return None
+        return record
 
     def calibration(self):
         from yoloprune.calibrate import load_calibration
