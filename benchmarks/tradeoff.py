@@ -275,9 +275,10 @@ class Bench:
             self.save()
         return runs[key]
 
-    def points(self, stem: str) -> None:
-        """Every cut and timing first (the machine must be quiet then), then the fine-tunes, then the long
-        from-scratch runs: an interrupted run has its cheapest answers first."""
+    def points(self, stem: str) -> tuple[list, list]:
+        """Cut, time and validate every point of base `stem`; returns its training jobs: (fine-tunes, from-scratch
+        runs). `main` cuts and times every model first (the machine must be quiet then), then trains the fine-tunes
+        and last the long from-scratch runs: an interrupted run has its cheapest answers first."""
         from tqdm import tqdm
 
         from yoloprune.checkpoint import load_model, save_checkpoint
@@ -321,13 +322,11 @@ class Bench:
             jobs += [(f"{stem}|small-input@{sp:g}|{seed}", base, a.epochs, seed, p["small-input"]["imgsz"], {})
                      for seed in seeds]
             self.save()
-        jobs = [(f"{stem}|reference|{seed}", base, a.epochs, seed, None, {}) for seed in a.seeds] + jobs
-        for key, model, epochs, seed, imgsz, keys in tqdm(jobs + scratch_jobs, desc=f"{stem} training runs",
-                                                          unit="run"):
-            self.run(key, model, epochs, seed, imgsz, **keys)
+        return [(f"{stem}|reference|{seed}", base, a.epochs, seed, None, {}) for seed in a.seeds] + jobs, scratch_jobs
 
-    def sibling(self, small: str, large: str) -> None:
-        """The larger model slimmed to the smaller's measured latency, against the smaller trained as long."""
+    def sibling(self, small: str, large: str) -> list:
+        """The larger model slimmed to the smaller's measured latency (cut and timed now), against the smaller trained
+        as long; returns its training jobs."""
         from yoloprune.pipeline import kd_keys, validate
 
         a = self.a
@@ -337,13 +336,18 @@ class Bench:
         p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
         if "ratio" not in found:
             p["unreachable"] = found["unreachable"]
-            return
+            return []
         slim = self.cut(large, "rules", found["ratio"], calibrated=True)
         p.update({"ratio": found["ratio"], **self.timed(f"rules-{found['ratio']:.2f}", large, lambda: slim),
                   "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
-        for seed in a.seeds:
-            self.run(f"{large}|sibling|{seed}", slim, a.epochs, seed, **kd_keys(self.bases[large]))
         self.save()
+        return [(f"{large}|sibling|{seed}", slim, a.epochs, seed, None, kd_keys(self.bases[large])) for seed in a.seeds]
+
+    def train(self, jobs: list) -> None:
+        from tqdm import tqdm
+
+        for key, model, epochs, seed, imgsz, keys in tqdm(jobs, desc="training runs", unit="run"):
+            self.run(key, model, epochs, seed, imgsz, **keys)
 
     # -- output -------------------------------------------------------------------------------------------------
     def finals(self, stem: str, name: str, sp=None) -> list[float]:
@@ -518,10 +522,13 @@ def main(argv=None) -> int:
     if not a.report:
         bench.prepare(models)
         print("slimming, timing (keep the machine otherwise idle) and training every point")
+        finetunes, scratch = [], []
         for m in models:
-            bench.points(Path(m).stem)
+            f, s = bench.points(Path(m).stem)
+            finetunes, scratch = finetunes + f, scratch + s
         if len(models) > 1:
-            bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
+            finetunes += bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
+        bench.train(finetunes + scratch)
     table = bench.table()
     print(table)
     if a.json:
