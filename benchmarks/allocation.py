@@ -100,7 +100,7 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
             key = f"{alloc}|{seed}"
             if key not in state.data["runs"]:
                 r = train_run(out, bench.data, bench.cache / "runs", f"alloc-{alloc}-{a.speedup:g}x-{seed}", a.epochs,
-                              bench.recipe(seed), verbose=False, **kd_keys(base))
+                              bench.recipe(seed).finetune(), verbose=False, **kd_keys(base))
                 state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
                 state.save()
 

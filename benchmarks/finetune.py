@@ -4,8 +4,9 @@ without distillation, from two scorers' cuts, over seeds.
 On the trade-off benchmark's converged base (its cache; trained there when missing) and its `slim` plan at
 `--speedup` (the rules ratio it measured; searched here when missing), cut by each scorer of `--cuts` (`taylor`: with
 calibration data and judged BatchNorm recalibration, the trade-off's `slim`; `l1`: magnitude, no data), `--epochs`
-epochs with each recipe of `--recipes` (the pipeline's: AdamW lr0 0.002, 1 warm-up epoch, linear decay to 1 %,
-Ultralytics' `close_mosaic` 10; a recipe changes any of its keys), with distillation from the base (`kd`) and without
+epochs with each recipe of `--recipes` (`default`: the base's recipe, AdamW lr0 0.002, 1 warm-up epoch, linear
+decay to 1 %, Ultralytics' `close_mosaic` 10; a recipe changes any of its keys; the pipeline's fine-tune recipe,
+`Recipe.finetune()`, is `close_mosaic=0`, from this study), with distillation from the base (`kd`) and without
 (`plain`), once per training seed of `--seeds`. The base itself is trained by every recipe too (`reference`, without
 distillation): the equally-trained base of that recipe. mAP50-95 of best.pt by Ultralytics' validator. Resumable; two processes may
 share one state.

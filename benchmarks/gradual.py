@@ -70,7 +70,7 @@ def run_all(a, t, bench, stem, state, seeds) -> None:
         for way, keys in ways.items():
             key = f"{way}|{seed}"
             r = train_run(base, bench.data, bench.cache / "runs", f"gradual-{way}-{a.speedup:g}x-{a.steps}-"
-                          f"{a.end_epoch}-{seed}", t.epochs, bench.recipe(seed), verbose=False, **common, **keys)
+                          f"{a.end_epoch}-{seed}", t.epochs, bench.recipe(seed).finetune(), verbose=False, **common, **keys)
             widths[way] = layer_widths(load_model(r.weights).model)
             state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds,
                                        "params": sum(p.numel() for p in load_model(r.weights).model.parameters())}

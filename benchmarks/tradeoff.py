@@ -259,7 +259,9 @@ class Bench:
         return best
 
     # -- runs ---------------------------------------------------------------------------------------------------
-    def run(self, key: str, model, epochs: int, seed: int, imgsz: int | None = None, **keys) -> dict:
+    def run(self, key: str, model, epochs: int, seed: int, imgsz: int | None = None, **keys) -> dict | None:
+        """Train (or reuse) run `key`: a fine-tune of trained weights by the fine-tune recipe, a from-scratch run
+        (`scratch` in its key) by the base's recipe; None while another process trains it."""
         from yoloprune.pipeline import train_run
 
         runs = self.state.data["runs"]
@@ -269,8 +271,9 @@ class Bench:
             with _claim(self.cache / "runs" / f"{name}.claim") as mine:
                 if not mine:  # another process of this benchmark is training it
                     return None
+                recipe = self.recipe(seed, imgsz or self.a.imgsz)
                 r = train_run(model, self.data, self.cache / "runs", name, epochs,
-                              self.recipe(seed, imgsz or self.a.imgsz), verbose=False, **keys)
+                              recipe if "|scratch@" in key else recipe.finetune(), verbose=False, **keys)
             runs[key] = {"map50_95": r.map50_95, "map50": r.map50, "epochs": epochs, "seconds": r.seconds}
             self.save()
         return runs[key]

@@ -231,7 +231,8 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     print(f"slim mAP50-95 right after slimming {slim_map[1]:.4f}")
 
     _step(4, n, f"fine-tune the slim model {s.finetune_epochs} epochs, distilling the base into it")
-    r = train_run(slim, data, out, "finetune", s.finetune_epochs, recipe, precise_bn=s.precise_bn, **kd_keys(base))
+    r = train_run(slim, data, out, "finetune", s.finetune_epochs, recipe.finetune(), precise_bn=s.precise_bn,
+                  **kd_keys(base))
     tuned = out / "slim-finetuned.pt"
     atomic_write(tuned, lambda tmp: Path(tmp).write_bytes(Path(r.weights).read_bytes()))
     print(f"{'reused the finished run: ' if r.cached else ''}fine-tuned mAP50-95 {r.map50_95:.4f} -> {tuned}")

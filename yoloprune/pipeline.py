@@ -9,7 +9,7 @@ its settings when it starts (`yoloprune-started.json`): an interrupted run with 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 MARKER = "yoloprune-run.json"
@@ -21,7 +21,7 @@ class Recipe:
     """Training settings that work for small models on small data sets (Ultralytics' keys).
 
     `nbs` equals the batch: Ultralytics' default 64 accumulates several batches per step, which makes short runs
-    on few images learn very slowly.
+    on few images learn very slowly. `finetune()` is the recipe of a short run from trained weights.
     """
 
     imgsz: int = 256
@@ -31,11 +31,19 @@ class Recipe:
     warmup_epochs: float = 1.0
     warmup_bias_lr: float = 0.0
     seed: int = 0
+    close_mosaic: int = 10  # Ultralytics' default: the last 10 epochs without mosaic augmentation
 
     def keys(self) -> dict:
         return {"imgsz": self.imgsz, "batch": self.batch, "nbs": self.batch, "optimizer": self.optimizer,
                 "lr0": self.lr0, "warmup_epochs": self.warmup_epochs, "warmup_bias_lr": self.warmup_bias_lr,
-                "seed": self.seed, "deterministic": True, "workers": 0, "plots": False, "exist_ok": True}
+                "seed": self.seed, "close_mosaic": self.close_mosaic, "deterministic": True, "workers": 0,
+                "plots": False, "exist_ok": True}
+
+    def finetune(self) -> "Recipe":
+        """The recipe of a short run from trained weights (a slim model's fine-tune, or its reference): mosaic
+        augmentation to the last epoch. With Ultralytics' `close_mosaic` 10, a fine-tune of 10 epochs or fewer sees
+        none of the augmentation its base learned with, and a deep cut recovers less (README, `finetune.py`)."""
+        return replace(self, close_mosaic=0)
 
 
 @dataclass
