@@ -505,7 +505,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def options(argv=None) -> argparse.Namespace:
+    """The parsed options, `--quick` applied and the lists split (other scripts drive the benchmark with them)."""
     a = parser().parse_args(argv)
     if a.quick:
         given = {k for k in vars(a) if f"--{k.replace('_', '-')}" in (argv or sys.argv[1:])}
@@ -518,9 +519,13 @@ def main(argv=None) -> int:
     unknown = set(a.methods) - set(METHODS)
     if unknown:
         print(f"error: unknown --methods {', '.join(sorted(unknown))}: choose from {', '.join(METHODS)}")
-        return 2
-    models = [m.strip() for m in a.models.split(",") if m.strip()]
+        raise SystemExit(2)
+    return a
 
+
+def main(argv=None) -> int:
+    a = options(argv)
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
     bench = Bench(a)
     if not a.report:
         bench.prepare(models)
