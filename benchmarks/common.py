@@ -27,33 +27,41 @@ def write_results(path: str | None, state: "State", args, table: str) -> None:
 
 class State:
     """A JSON file of everything a benchmark measured so far (`empty` when there is none yet); saved after every
-    step, atomically, so an interrupted run resumes where it stopped. A save first takes in what another process
-    saved meanwhile (entries this one lacks), so two processes may train one benchmark's runs side by side."""
+    step, atomically, so an interrupted run resumes where it stopped. A save writes only what this process changed
+    since it last read or wrote the file onto what is on disk now, so two processes may train one benchmark's runs
+    side by side without undoing each other's entries."""
 
     def __init__(self, path: Path, empty: dict):
         self.path = path
         self.data = json.loads(path.read_text()) if path.is_file() else copy.deepcopy(empty)
+        self._seen = copy.deepcopy(self.data)
 
-    def save(self, merge: bool = True) -> None:
-        """Write the state; with `merge`, entries on disk that this one lacks are kept (`merge=False` after
-        entries were deliberately dropped)."""
+    def save(self) -> None:
         from yoloprune.checkpoint import atomic_write
 
-        if merge and self.path.is_file():
-            try:
-                _take_missing(self.data, json.loads(self.path.read_text()))
-            except ValueError:
-                pass
+        try:
+            disk = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            disk = None
+        if disk is not None:
+            _apply(disk, self._seen, self.data)
+            self.data = disk
         text = json.dumps(self.data, indent=2)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        self._seen = copy.deepcopy(self.data)
 
 
-def _take_missing(mine: dict, theirs: dict) -> None:
-    for k, v in theirs.items():
-        if k not in mine:
-            mine[k] = v
-        elif isinstance(mine[k], dict) and isinstance(v, dict):
-            _take_missing(mine[k], v)
+def _apply(target: dict, before: dict, after: dict) -> None:
+    """Apply to `target` the changes that turned `before` into `after` (dicts merged key by key)."""
+    for k in before.keys() - after.keys():
+        target.pop(k, None)
+    for k, v in after.items():
+        if k in before and before[k] == v:
+            continue
+        if isinstance(v, dict) and isinstance(before.get(k), dict) and isinstance(target.get(k), dict):
+            _apply(target[k], before[k], v)
+        else:
+            target[k] = copy.deepcopy(v)
 
 
 def search_ratio(speedup_at, target: float, max_ratio: float, known: dict, tol: float = 0.03, steps: int = 8) -> dict:

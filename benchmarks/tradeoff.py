@@ -73,8 +73,8 @@ class Bench:
         self.recipe = lambda seed=0, imgsz=a.imgsz: Recipe(imgsz=imgsz, batch=a.batch, seed=seed)
         self._calib = None  # the calibration sample, drawn once
 
-    def save(self, merge: bool = True):
-        self.state.save(merge)
+    def save(self):
+        self.state.save()
 
     def adopt(self, path: Path, settings: dict) -> None:
         """Start from the finished measurements and runs of an earlier run's `--json` (a clone holds the committed
@@ -104,7 +104,7 @@ class Bench:
         for k in ("bases", "points"):
             s[k] = {key: v for key, v in s[k].items() if stem not in key.split("->")}
         s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")}
-        self.state.save(merge=False)
+        self.save()
 
     # -- data and bases -----------------------------------------------------------------------------------------
     def prepare(self, models):
