@@ -406,6 +406,9 @@ def test_an_interrupted_pipeline_run_resumes_from_last(shapes, tmp_path):
     assert torch.load(run / "weights/last.pt", weights_only=False)["train_args"]["resume"]
     assert not r.cached and Path(r.weights).is_file()
     assert train_run("yolo26n.yaml", shapes, tmp_path, "r", 2, recipe, verbose=False).cached
+    done = (run / "weights/best.pt").read_bytes()
+    (run / "weights/best.pt").write_bytes(done + b"\0")  # overwritten since: not the finished run's checkpoint
+    assert not train_run("yolo26n.yaml", shapes, tmp_path, "r", 2, recipe, verbose=False).cached
 
     other = killed("o")
     train_run("yolo26n.yaml", shapes, tmp_path, "o", 1, recipe, verbose=False)  # other settings: afresh

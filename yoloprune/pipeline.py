@@ -1,7 +1,8 @@
 """The steps of the whole job, shared by `yoloprune demo` and the benchmarks: train, fine-tune, validate.
 
 Every training step is cached by its settings: a finished run leaves `yoloprune-run.json` beside its `weights/`
-folder, and asking for the same run again returns its checkpoint and metrics instead of training again. A run records
+folder, and asking for the same run again returns its checkpoint and metrics instead of training again (only while
+its best.pt is the one it wrote). A run records
 its settings when it starts (`yoloprune-started.json`): an interrupted run with the same settings resumes from its
 `last.pt` (Ultralytics' resume); one with other settings is trained afresh.
 """
@@ -34,10 +35,12 @@ class Recipe:
     close_mosaic: int = 10  # Ultralytics' default: the last 10 epochs without mosaic augmentation
 
     def keys(self) -> dict:
+        """Ultralytics' keys; `close_mosaic` only where it is not Ultralytics' default, so a run cached before the
+        key existed keeps its identity (`run_settings`)."""
         return {"imgsz": self.imgsz, "batch": self.batch, "nbs": self.batch, "optimizer": self.optimizer,
                 "lr0": self.lr0, "warmup_epochs": self.warmup_epochs, "warmup_bias_lr": self.warmup_bias_lr,
-                "seed": self.seed, "close_mosaic": self.close_mosaic, "deterministic": True, "workers": 0,
-                "plots": False, "exist_ok": True}
+                "seed": self.seed, **({"close_mosaic": self.close_mosaic} if self.close_mosaic != 10 else {}),
+                "deterministic": True, "workers": 0, "plots": False, "exist_ok": True}
 
     def finetune(self) -> "Recipe":
         """The recipe of a short run from trained weights (a slim model's fine-tune, or its reference): mosaic
@@ -104,7 +107,8 @@ def train_run(model, data, project, name: str, epochs: int, recipe: Recipe, verb
     map50, map50_95 = box_maps(metrics)
     result = RunResult(str(run / "weights" / "best.pt"), round(map50, 4), round(map50_95, 4), epochs,
                        round(time.perf_counter() - t, 1))
-    (run / MARKER).write_text(json.dumps({"settings": settings, "result": result.to_dict()}, indent=2))
+    (run / MARKER).write_text(json.dumps({"settings": settings, "result": result.to_dict(),
+                                          "weights_sha1": fingerprint(result.weights)}, indent=2))
     return result
 
 
@@ -154,6 +158,8 @@ def _finished(run: Path, settings: dict) -> RunResult | None:
         return None
     if saved.get("settings") != settings or not Path(saved["result"]["weights"]).is_file():
         return None
+    if saved.get("weights_sha1", fingerprint(saved["result"]["weights"])) != fingerprint(saved["result"]["weights"]):
+        return None  # its checkpoint was overwritten since (by a run with other settings in the same folder)
     return RunResult(**{**saved["result"], "cached": True})
 
 
