@@ -79,8 +79,9 @@ class Bench:
     def adopt(self, path: Path, settings: dict) -> None:
         """Start from the finished measurements and runs of an earlier run's `--json` (a clone holds the committed
         results, not the cache), when it ran with these settings on this kind of machine. Its bases are trained
-        again here; a model whose base does not reproduce its recorded curve keeps only its timings (they depend on
-        the architectures, not on the weights) and loses its cuts' figures and runs."""
+        again here; a model whose base does not reproduce its recorded curve keeps only its timings and its
+        from-scratch runs (they depend on the architectures, not on the base's weights) and loses its cuts' figures
+        and fine-tunes."""
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -98,12 +99,14 @@ class Bench:
         print(f"adopted {len(self.state.data['runs'])} runs and the timings of {path}; checking its bases")
         self.save()
 
-    def drop(self, stem: str) -> None:
-        """Forget every figure of base `stem`'s weights (its base changed): all but the timings."""
+    def drop(self, stem: str, epochs: int) -> None:
+        """Forget every figure of base `stem`'s weights (its base changed, now trained `epochs` epochs): all but the
+        timings and the from-scratch runs as long as its new base + fine-tune (fresh weights of the architectures)."""
         s = self.state.data
         for k in ("bases", "points"):
             s[k] = {key: v for key, v in s[k].items() if stem not in key.split("->")}
-        s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")}
+        s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")
+                     or (key.startswith(f"{stem}|scratch@") and v.get("epochs") == epochs + self.a.epochs)}
         self.save()
 
     # -- data and bases -----------------------------------------------------------------------------------------
@@ -148,8 +151,8 @@ class Bench:
                 record = {"weights": str(kept), **record}
                 if known and (known["curve"], known["map50_95"]) != (record["curve"], record["map50_95"]):
                     print(f"base {stem} did not reproduce the adopted one ({record['map50_95']} vs "
-                          f"{known['map50_95']}): only its adopted timings are kept")
-                    self.drop(stem)
+                          f"{known['map50_95']}): only its adopted timings and from-scratch runs are kept")
+                    self.drop(stem, record["epochs"])
                 if known:
                     record["adopted"] = {**known["adopted"], "checked": True,
                                          "reproduced": record["curve"] == known["curve"]}
