@@ -46,9 +46,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
     t, bench, stem = tradeoff_base(rest)
-    state = State(bench.cache / f"finetune-{a.speedup:g}x.json", {"runs": {}})
+    tag = f"{a.speedup:g}x" + ("" if t.epochs == 10 else f"-{t.epochs}ep")  # the 10-epoch study has no suffix
+    state = State(bench.cache / f"finetune-{tag}.json", {"runs": {}})
     if not a.report:
-        run_all(a, t, bench, stem, state)
+        run_all(a, t, bench, stem, state, tag)
     write_results(a.json, state, a, format_table(t, state))
     return 0
 
@@ -73,7 +74,7 @@ def parse_recipe(text: str) -> dict:
     return keys
 
 
-def run_all(a, t, bench, stem, state) -> None:
+def run_all(a, t, bench, stem, state, tag: str) -> None:
     from tqdm import tqdm
 
     from yoloprune.pipeline import kd_keys, train_run
@@ -99,7 +100,7 @@ def run_all(a, t, bench, stem, state) -> None:
         keys = {**(kd_keys(base) if way == "kd" else {}), **parse_recipe(recipe)}
         fields = {f.name for f in dataclasses.fields(bench.recipe(seed))}
         settings = dataclasses.replace(bench.recipe(seed), **{k: v for k, v in keys.items() if k in fields})
-        name = "-".join(["ft", f"{a.speedup:g}x", who, cut, way, recipe.replace("=", "").replace(",", "+"), str(seed)])
+        name = "-".join(["ft", tag, who, cut, way, recipe.replace("=", "").replace(",", "+"), str(seed)])
         r = train_run(models[(who, cut)], bench.data, bench.cache / "runs", name, t.epochs, settings, verbose=False,
                       **{k: v for k, v in keys.items() if k not in fields})
         state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
