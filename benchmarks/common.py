@@ -45,10 +45,21 @@ class State:
             disk = None
         if disk is not None:
             _apply(disk, self._seen, self.data)
-            self.data = disk
+            _sync(self.data, disk)  # in place: callers hold references into self.data
         text = json.dumps(self.data, indent=2)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
         self._seen = copy.deepcopy(self.data)
+
+
+def _sync(mine: dict, theirs: dict) -> None:
+    """Make `mine` equal to `theirs` in place, keeping the nested dicts both have."""
+    for k in mine.keys() - theirs.keys():
+        del mine[k]
+    for k, v in theirs.items():
+        if isinstance(v, dict) and isinstance(mine.get(k), dict):
+            _sync(mine[k], v)
+        else:
+            mine[k] = v
 
 
 def _apply(target: dict, before: dict, after: dict) -> None:
