@@ -167,10 +167,11 @@ def test_pruning_in_training_scores_on_the_loss_and_recalibrates(shapes, tmp_pat
 
 
 def test_precise_bn_saves_statistics_of_the_final_weights(trained, tmp_path):
-    """A trained model whose running variances are 100x off at the start of a short run: with precise BN the saved
-    EMA carries the statistics its own weights produce on the calibration sample (the lagging averages would still
-    be far off, and measure worse); with `precise_bn=False` it keeps the averages. The weights are the same either
-    way: precise BN touches only the saved statistics, not the training."""
+    """A trained model whose running statistics are far off at the start of a short run: with precise BN the saved
+    EMA carries the statistics its own weights produce on the calibration sample where they measure better on the
+    held-back part than the lagging averages, and the averages where they do not (the judge); with
+    `precise_bn=False` it keeps the averages. The weights are the same either way: precise BN touches only the saved
+    statistics, not the training."""
     from yoloprune.checkpoint import load_model
     from yoloprune.train import train
 
@@ -184,18 +185,26 @@ def test_precise_bn_saves_statistics_of_the_final_weights(trained, tmp_path):
         train(str(start), data=str(data), epochs=1, project=str(tmp_path), name=f"run{precise}", precise_bn=precise,
               mosaic=0, val=False, **FAST)
         saved[precise] = torch.load(tmp_path / f"run{precise}/weights/last.pt", weights_only=False)["model"].float()
-        fresh = copy.deepcopy(saved[precise])
-        reestimate_bn(fresh, sample.fit)
-        var = [(a.running_var, b.running_var) for a, b in zip(saved[precise].modules(), fresh.modules())
-               if isinstance(a, nn.BatchNorm2d)]
-        diff = max(float((s - f).abs().max() / f.abs().max()) for s, f in var)
-        loss, bad = calibration_loss(saved[precise], sample.held), calibration_loss(_bad(saved[precise]), sample.held)
-        print(f"precise_bn={precise}: max relative difference to re-estimated variances {diff:.3g}; held-back loss "
-              f"{loss:.3f} (with 100x variances {bad:.3f})")
-        if precise:
-            assert diff < 1e-2 and loss < bad  # the checkpoint stores half precision
-        else:
-            assert diff > 1.0  # the averages still hold most of the 100x start
+
+    def bn_vars(model):
+        return [m.running_var for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def rel_diff(a, b):
+        return max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(bn_vars(a), bn_vars(b)))
+
+    fresh = copy.deepcopy(saved[False])  # the same weights (asserted below), statistics re-estimated
+    reestimate_bn(fresh, sample.fit)
+    averages, reestimated = calibration_loss(saved[False], sample.held), calibration_loss(fresh, sample.held)
+    to_fresh, to_averages = rel_diff(saved[True], fresh), rel_diff(saved[True], saved[False])
+    print(f"held-back loss: running averages {averages:.4f}, re-estimated {reestimated:.4f}; precise_bn=True saved "
+          f"variances differ from the re-estimated by {to_fresh:.3g}, from the averages by {to_averages:.3g}")
+    assert rel_diff(saved[False], fresh) > 1.0  # without precise BN the averages still hold most of the bad start
+    if abs(reestimated - averages) < 1e-3 * averages:  # a tie within half precision: the judge may go either way
+        assert min(to_fresh, to_averages) < 1e-2
+    elif reestimated < averages:
+        assert to_fresh < 1e-2  # the checkpoint stores half precision
+    else:
+        assert to_averages < 1e-2
     weights = [(k, v) for k, v in saved[True].state_dict().items() if "running_" not in k and "num_batches" not in k]
     other = saved[False].state_dict()
     differ = [k for k, v in weights if not torch.equal(v, other[k])]
@@ -203,9 +212,11 @@ def test_precise_bn_saves_statistics_of_the_final_weights(trained, tmp_path):
 
 
 def _bad(model):
-    """A copy of `model` whose BatchNorm running variances are 100x off."""
+    """A copy of `model` whose BatchNorm running statistics are far off: means shifted by 3 standard deviations,
+    variances 100x (the variances alone barely move a briefly trained model's loss on some platforms)."""
     m = copy.deepcopy(model)
     for b in m.modules():
         if isinstance(b, nn.BatchNorm2d):
+            b.running_mean.add_(3 * b.running_var.sqrt())
             b.running_var.mul_(100)
     return m
