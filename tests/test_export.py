@@ -79,8 +79,10 @@ def test_accuracy_check_fails_a_broken_graph(trained, tmp_path):
     good = export(str(pt), imgsz=64, output=tmp_path / "good.onnx", verbose=False).path
     graph = onnx.load(str(good))
     convs = [i for i in graph.graph.initializer if numpy_helper.to_array(i).ndim == 4]
-    w = convs[len(convs) // 2]  # a conv in the middle of the network computes something else
-    w.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w).astype(np.float32), w.name))
+    # the middle third of the convolutions compute something else (one negated conv alone can leave a briefly
+    # trained model's mAP where it was, or even lift it, as measured on one platform)
+    for w in convs[len(convs) // 3:2 * len(convs) // 3]:
+        w.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(w).astype(np.float32), w.name))
     onnx.save(graph, str(tmp_path / "broken.onnx"))
     ok = check_accuracy(good, pt, data, 64)
     broken = check_accuracy(tmp_path / "broken.onnx", pt, data, 64)
