@@ -12,7 +12,7 @@ def tradeoff_base(rest: list[str]):
     other benchmarks measure on the same converged base."""
     import tradeoff
 
-    t = tradeoff.parser().parse_args(rest)
+    t = tradeoff.options(rest)
     return t, tradeoff.Bench(t), Path(t.models.split(",")[0]).stem
 
 

@@ -148,7 +148,6 @@ class Bench:
             self.bases[stem] = kept
             known = self.state.data["bases"].get(stem)
             if known is None or known.get("adopted", {}).get("checked") is False:
-                record = {"weights": str(kept), **record}
                 if known and (known["curve"], known["map50_95"]) != (record["curve"], record["map50_95"]):
                     print(f"base {stem} did not reproduce the adopted one ({record['map50_95']} vs "
                           f"{known['map50_95']}): only its adopted timings and from-scratch runs are kept")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 # toy bases (1 epoch) are fine-tuned without precise BatchNorm: see `--no-precise-bn` in the README
 TINY = ["--train", "16", "--val", "8", "--imgsz", "64", "--base-epochs", "1", "--finetune-epochs", "1",
@@ -41,8 +42,6 @@ def test_demo_runs_every_step_and_ends_with_the_table(finished):
     assert result["target"]["kind"] == "speedup" and result["target"]["target"] == 1.2
     acc = result["onnx_accuracy"]  # the slim graph validated beside PyTorch at the training size
     assert acc["imgsz"] == 64 and abs(acc["gap"]) <= acc["max_gap"] and "slim ONNX graph on the val split" in table
-    import yaml
-
     # the fine-tune keeps mosaic augmentation to its last epoch; the base closes it as Ultralytics does
     assert yaml.safe_load((out / "finetune" / "args.yaml").read_text())["close_mosaic"] == 0
     assert yaml.safe_load((out / "base" / "args.yaml").read_text())["close_mosaic"] == 10

@@ -2,9 +2,9 @@
 
 Every training step is cached by its settings: a finished run leaves `yoloprune-run.json` beside its `weights/`
 folder, and asking for the same run again returns its checkpoint and metrics instead of training again (only while
-its best.pt is the one it wrote). A run records
-its settings when it starts (`yoloprune-started.json`): an interrupted run with the same settings resumes from its
-`last.pt` (Ultralytics' resume); one with other settings is trained afresh.
+its best.pt is the one it wrote). A run records its settings when it starts (`yoloprune-started.json`): an
+interrupted run with the same settings resumes from its `last.pt` (Ultralytics' resume); one with other settings is
+trained afresh.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ def _finished(run: Path, settings: dict) -> RunResult | None:
         return None
     if saved.get("settings") != settings or not Path(saved["result"]["weights"]).is_file():
         return None
-    if saved.get("weights_sha1", fingerprint(saved["result"]["weights"])) != fingerprint(saved["result"]["weights"]):
+    written = saved.get("weights_sha1")  # markers written before the fingerprint have none
+    if written is not None and written != fingerprint(saved["result"]["weights"]):
         return None  # its checkpoint was overwritten since (by a run with other settings in the same folder)
     return RunResult(**{**saved["result"], "cached": True})
 
