@@ -113,6 +113,7 @@ class Bench:
     def prepare(self, models):
         from yoloprune.data import make_dataset
         from yoloprune.deploy.export import export
+        from yoloprune.deploy.runtime import library_versions
         from yoloprune.pipeline import train_run, validate
 
         a = self.a
@@ -140,7 +141,8 @@ class Bench:
                 curve = _curve(self.cache / f"base-{stem}")
                 record = {"epochs": len(curve), "best_epoch": curve.index(max(curve)) + 1, "curve": curve,
                           "map50_95": round(validate(r.weights, self.data, a.imgsz, a.batch)[1], 4),
-                          "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds}
+                          "stopped": "patience" if len(curve) < a.max_epochs else "cap", "seconds": r.seconds,
+                          "versions": library_versions()}
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(kept, lambda tmp, src=r.weights: shutil.copyfile(src, tmp))
                 text = json.dumps(record, indent=2)
@@ -264,6 +266,7 @@ class Bench:
     def run(self, key: str, model, epochs: int, seed: int, imgsz: int | None = None, **keys) -> dict | None:
         """Train (or reuse) run `key`: a fine-tune of trained weights by the fine-tune recipe, a from-scratch run
         (`scratch` in its key) by the base's recipe; None while another process trains it."""
+        from yoloprune.deploy.runtime import library_versions
         from yoloprune.pipeline import train_run
 
         runs = self.state.data["runs"]
@@ -276,7 +279,8 @@ class Bench:
                 recipe = self.recipe(seed, imgsz or self.a.imgsz)
                 r = train_run(model, self.data, self.cache / "runs", name, epochs,
                               recipe if "|scratch@" in key else recipe.finetune(), verbose=False, **keys)
-            runs[key] = {"map50_95": r.map50_95, "map50": r.map50, "epochs": epochs, "seconds": r.seconds}
+            runs[key] = {"map50_95": r.map50_95, "map50": r.map50, "epochs": epochs, "seconds": r.seconds,
+                         "versions": library_versions()}
             self.save()
         return runs[key]
 
@@ -460,6 +464,15 @@ def _claim(path: Path):
     yield False
 
 
+def _rank(key: str, seed_speedup: float) -> int:
+    """Training order of a fine-tune (the sort is stable): the acceptance questions first (the reference, the product's
+    slim and the sibling over every seed), then the other methods at the seeded speed-up, then the other speed-ups."""
+    point = key.split("|")[1]
+    if point in ("reference", "sibling", f"slim@{seed_speedup:g}"):
+        return 0
+    return 1 if point.endswith(f"@{seed_speedup:g}") else 2
+
+
 def _ms(v: list[float]) -> str:
     if not v:
         return "-"
@@ -538,7 +551,7 @@ def main(argv=None) -> int:
             finetunes, scratch = finetunes + f, scratch + s
         if len(models) > 1:
             finetunes += bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
-        bench.train(finetunes + scratch)
+        bench.train(sorted(finetunes, key=lambda job: _rank(job[0], a.seed_speedup)) + scratch)
     table = bench.table()
     print(table)
     if a.json:

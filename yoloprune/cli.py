@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .offline import use_offline
+from .calibrate.data import DEFAULT_IMAGES
 from .deploy.accuracy import MAX_GAP
 
 
@@ -210,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gradients on calibration images). Default: taylor with --data, else l1")
     s.add_argument("--data", help="data.yaml: calibration images from its train split (BatchNorm recalibration, "
                                   "data-aware scoring) and mAP of base and slim on its val split right after the cut")
-    s.add_argument("--calib-images", type=int, default=256,
-                   help="calibration images drawn (fixed seed, no augmentation) from the train split (default 256)")
+    s.add_argument("--calib-images", type=int, default=DEFAULT_IMAGES,
+                   help="calibration images drawn (fixed seed, no augmentation) from the train split "
+                        f"(default {DEFAULT_IMAGES})")
     s.add_argument("--calib-imgsz", type=int,
                    help="calibration and validation size (default: the size the checkpoint was trained at, else --imgsz)")
     s.add_argument("--no-recalibrate", action="store_true",

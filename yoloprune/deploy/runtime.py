@@ -39,6 +39,20 @@ def machine_name() -> str:
     return f"{name or platform.processor() or platform.machine()}, {default_threads()} cores"
 
 
+def library_versions() -> str:
+    """The versions that decide what a training run or a timing gives ("torch 2.5.1, ultralytics 8.3.40, ..."): a
+    figure is reproduced only with the same ones."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "ultralytics", "torch-pruning", "onnxruntime"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
 def ort_session(path: Path, device: str = "cpu", threads: int | None = None, profile: str | None = None):
     """An ONNX Runtime session set up for timing (full graph optimisation, sequential, no idle spinning); with
     `profile`, ONNX Runtime's operator profiler writes there (file name prefix)."""

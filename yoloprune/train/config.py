@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..calibrate.data import DEFAULT_IMAGES
 from ..errors import UserError, check_whole, close_match
 
 
@@ -124,12 +125,12 @@ class CalibrationConfig:
     precise_bn: bool = field(default=True, metadata=_meta(
         "at every epoch's end, re-estimate the EMA's BatchNorm statistics before validation and saving (kept where "
         "the held-back calibration loss falls): running averages lag weights that move fast, as after a cut"))
-    calib_images: int = field(default=256, metadata=_meta(
+    calib_images: int = field(default=DEFAULT_IMAGES, metadata=_meta(
         "calibration images drawn (fixed seed, no augmentation) from the training split"))
 
     def validate(self) -> None:
         if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
-            raise UserError(f"calib_images={self.calib_images!r} must be a whole number >= 1 (e.g. 256)")
+            raise UserError(f"calib_images={self.calib_images!r} must be a whole number >= 1 (e.g. {DEFAULT_IMAGES})")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from . import distill_hooks
 def _pruner(trainer, model: nn.Module, calibrate: bool = True, widths: dict[str, int] | None = None):
     """The cut of `model`: the ratio's plan, or `widths` (one step of a gradual cut) by group root name."""
     cfg = trainer.compression.pruning
-    imgsz = int(trainer.args.imgsz if isinstance(trainer.args.imgsz, int) else max(trainer.args.imgsz))
+    imgsz = trainer.train_size()
     if cfg.pruning_method == "layer":
         from ..slim.depth import LayerPruner
 

@@ -132,6 +132,10 @@ class CompressionTrainer:
         if ignored := [k for k, v in asked.items() if saved.get(k) != v]:
             LOGGER.warning(f"{PREFIX} resume ignores {ignored}, using the checkpoint's values")
 
+    def train_size(self) -> int:
+        """The training size as one number (the larger side of a rectangular `imgsz`)."""
+        return int(self.args.imgsz if isinstance(self.args.imgsz, int) else max(self.args.imgsz))
+
     def calibration(self):
         """The run's calibration sample (read once): a fixed sample of the training split at the training size,
         without augmentation, shared by the in-training cut and precise BatchNorm; None for classification."""
@@ -140,9 +144,8 @@ class CompressionTrainer:
         if self._calibration is None:
             from ..calibrate import load_calibration
 
-            imgsz = int(self.args.imgsz if isinstance(self.args.imgsz, int) else max(self.args.imgsz))
-            self._calibration = load_calibration(self.data, imgsz, self.compression.calibration.calib_images,
-                                                 self.args.task, seed=0)
+            images = self.compression.calibration.calib_images
+            self._calibration = load_calibration(self.data, self.train_size(), images, self.args.task, seed=0)
         return self._calibration
 
     # --- model ---------------------------------------------------------------------------------------------------
