@@ -15,6 +15,7 @@ is read with Ultralytics' validator right after the cut. The cut of the first ca
 Resumable: every search and run is kept in the state file at once.
 
     python benchmarks/allocation.py --json benchmarks/results/allocation.json
+    python benchmarks/allocation.py --models yolo26s.yaml ...      # the trade-off benchmark's yolo26s base
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
     t, bench, stem = tradeoff_base(rest)  # the base: the trade-off benchmark's, by its own options
-    state = State(bench.cache / f"allocation-{a.speedup:g}x.json", {"cuts": {}, "runs": {}})
+    state = State(bench.cache / f"allocation-{stem}-{a.speedup:g}x.json", {"cuts": {}, "runs": {}})
     allocations = [x for x in a.allocations.split(",") if x]
     cseeds = [int(x) for x in a.calib_seeds.split(",") if x]
     seeds = [int(x) for x in a.seeds.split(",") if x]
@@ -99,7 +100,7 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
         for seed in tqdm(seeds, desc=f"{alloc} fine-tunes", unit="run"):
             key = f"{alloc}|{seed}"
             if key not in state.data["runs"]:
-                r = train_run(out, bench.data, bench.cache / "runs", f"alloc-{alloc}-{a.speedup:g}x-{seed}", a.epochs,
+                r = train_run(out, bench.data, bench.cache / "runs", f"alloc-{stem}-{alloc}-{a.speedup:g}x-{seed}", a.epochs,
                               bench.recipe(seed).finetune(), verbose=False, **kd_keys(base))
                 state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
                 state.save()
