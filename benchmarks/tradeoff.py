@@ -428,6 +428,18 @@ class Bench:
                 ax.errorbar([1.0], [statistics.mean(ref)], yerr=[[statistics.mean(ref) - min(ref)],
                                                                  [max(ref) - statistics.mean(ref)]],
                             marker="*", ms=12, color="k", capsize=3, ls="none", label="reference (base + epochs)")
+            for key, p in s["points"].items():  # the sibling question on the larger model's axes
+                large, _, small = key.partition("->")
+                if large != stem or "speedup" not in p:
+                    continue
+                for x, v, style, label in ((p["speedup"], self.finals(large, "sibling"), dict(marker="D", color="m"),
+                                            f"sibling: slimmed to {small}'s latency"),
+                                           (p["target"], self.finals(small, "reference"), dict(marker="P", color="g"),
+                                            f"{small} reference, at its speed-up")):
+                    if v:
+                        m = statistics.mean(v)
+                        ax.errorbar([x], [m], yerr=[[m - min(v)], [max(v) - m]], capsize=3, ms=9, ls="none",
+                                    label=label, **style)
             ax.set_title(f"{stem}: base {s['bases'][stem]['map50_95']:.3f} after {s['bases'][stem]['epochs']} epochs")
             ax.set_xlabel(f"measured ONNX Runtime CPU speed-up ({self.a.bench_imgsz} px)")
             ax.set_ylabel(f"mAP50-95 after {self.a.epochs} epochs")
@@ -466,7 +478,8 @@ def _claim(path: Path):
 
 def _rank(key: str, seed_speedup: float) -> int:
     """Training order of a fine-tune (the sort is stable): the acceptance questions first (the reference, the product's
-    slim and the sibling over every seed), then the other methods at the seeded speed-up, then the other speed-ups."""
+    slim and the sibling over every seed), then the other methods at the seeded speed-up, then the other speed-ups;
+    the from-scratch runs likewise, after every fine-tune."""
     point = key.split("|")[1]
     if point in ("reference", "sibling", f"slim@{seed_speedup:g}"):
         return 0
@@ -551,7 +564,8 @@ def main(argv=None) -> int:
             finetunes, scratch = finetunes + f, scratch + s
         if len(models) > 1:
             finetunes += bench.sibling(Path(models[0]).stem, Path(models[1]).stem)
-        bench.train(sorted(finetunes, key=lambda job: _rank(job[0], a.seed_speedup)) + scratch)
+        rank = lambda job: _rank(job[0], a.seed_speedup)  # noqa: E731
+        bench.train(sorted(finetunes, key=rank) + sorted(scratch, key=rank))
     table = bench.table()
     print(table)
     if a.json:
