@@ -8,8 +8,10 @@ epochs with each recipe of `--recipes` (`default`: the base's recipe, AdamW lr0 
 decay to 1 %, Ultralytics' `close_mosaic` 10; a recipe changes any of its keys; the pipeline's fine-tune recipe,
 `Recipe.finetune()`, is `close_mosaic=0`, from this study), with distillation from the base (`kd`) and without
 (`plain`), once per training seed of `--seeds`. The base itself is trained by every recipe too (`reference`, without
-distillation): the equally-trained base of that recipe. mAP50-95 of best.pt by Ultralytics' validator. Resumable; two processes may
-share one state.
+distillation): the equally-trained base of that recipe. `--plans uniform` adds the cuts of one uniform ratio searched to
+the same speed-up (the trade-off's `tp-floor` plan), named `uniform-<scorer>`. mAP50-95 of best.pt by Ultralytics'
+validator. Resumable; two processes may share one state when they train different runs. `--models yolo26s.yaml`
+studies the trade-off's yolo26s base.
 
     python benchmarks/finetune.py --recipes "default;lr0=0.004;close_mosaic=0" --json benchmarks/results/finetune.json
 """
@@ -40,6 +42,9 @@ def main(argv=None) -> int:
                         "(default: default;lr0=0.004;close_mosaic=0)")
     p.add_argument("--ways", default="kd,plain", help="kd (distillation from the base), plain (default both)")
     p.add_argument("--cuts", default="taylor,l1", help="scorers of the cut: taylor (calibrated), l1 (default both)")
+    p.add_argument("--plans", default="rules",
+                   help="width plans: rules (the shortcut-rules plan, the trade-off's slim), uniform (one ratio for "
+                        "every group, the trade-off's tp-floor); each searched to --speedup (default rules)")
     p.add_argument("--who", default="slim,reference", help="what is trained: slim, reference (default both)")
     p.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
     a, rest = p.parse_known_args(argv)
     t, bench, stem = tradeoff_base(rest)
     tag = f"{a.speedup:g}x" + ("" if t.epochs == 10 else f"-{t.epochs}ep")  # the 10-epoch study has no suffix
-    state = State(bench.cache / f"finetune-{tag}.json", {"runs": {}})
+    state = State(bench.cache / f"finetune-{stem}-{tag}.json", {"runs": {}})
     if not a.report:
         run_all(a, t, bench, stem, state, tag)
     write_results(a.json, state, a, format_table(t, state))
@@ -55,7 +60,10 @@ def main(argv=None) -> int:
 
 
 def parse_recipe(text: str) -> dict:
-    """'lr0=0.004,close_mosaic=0' -> {"lr0": 0.004, "close_mosaic": 0}; 'default' -> {}."""
+    """'lr0=0.004,close_mosaic=0,precise_bn=False' -> {"lr0": 0.004, "close_mosaic": 0, "precise_bn": False};
+    'default' -> {}."""
+    from yoloprune.train.config import parse_value
+
     keys = {}
     for part in text.split(","):
         part = part.strip()
@@ -64,13 +72,7 @@ def parse_recipe(text: str) -> dict:
         if "=" not in part:
             raise SystemExit(f"recipe part {part!r} is not key=value")
         k, v = (x.strip() for x in part.split("=", 1))
-        for cast in (int, float):
-            try:
-                v = cast(v)
-                break
-            except ValueError:
-                pass
-        keys[k] = v
+        keys[k] = parse_value(v)
     return keys
 
 
@@ -81,17 +83,25 @@ def run_all(a, t, bench, stem, state, tag: str) -> None:
 
     bench.prepare([t.models.split(",")[0]])
     base = bench.bases[stem]
-    found = bench.ratio_for(stem, "rules", a.speedup)
-    if "ratio" not in found:
-        raise SystemExit(f"the rules plan does not reach {a.speedup:g}x: {found['unreachable']}")
-    state.data["ratio"], state.data["speedup"] = found["ratio"], found["speedup"]
     state.data["base"] = bench.state.data["bases"][stem]["map50_95"]
-    models = {("slim", cut): bench.cut(stem, "rules", found["ratio"], calibrated=cut == "taylor")
-              for cut in a.cuts.split(",")}
-    models[("reference", "-")] = base
+    models = {("reference", "-"): base}
+    for plan in a.plans.split(","):
+        kind = {"rules": "rules", "uniform": "uniform"}.get(plan)
+        if kind is None:
+            raise SystemExit(f"unknown plan {plan!r}: rules or uniform")
+        found = bench.ratio_for(stem, kind, a.speedup)
+        if "ratio" not in found:
+            raise SystemExit(f"the {plan} plan does not reach {a.speedup:g}x: {found['unreachable']}")
+        if plan == "rules":  # the table's heading names the rules cut; the others carry theirs in the cut's name
+            state.data["ratio"], state.data["speedup"] = found["ratio"], found["speedup"]
+        else:
+            state.data.setdefault("plans", {})[plan] = {"ratio": found["ratio"], "speedup": found["speedup"]}
+        for cut in a.cuts.split(","):
+            models[("slim", _cut_name(plan, cut))] = bench.cut(stem, kind, found["ratio"], calibrated=cut == "taylor")
+    cuts = [c for c in models if c[0] == "slim"]
     recipes = [r.strip() for r in a.recipes.split(";") if r.strip()]
     jobs = [(who, cut, way, recipe, int(seed)) for seed in a.seeds.split(",") for recipe in recipes
-            for who in a.who.split(",") for cut in (a.cuts.split(",") if who == "slim" else ["-"])
+            for who in a.who.split(",") for cut in ([c for _, c in cuts] if who == "slim" else ["-"])
             for way in (a.ways.split(",") if who == "slim" else ["plain"])]
     for who, cut, way, recipe, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
         key = f"{who}|{cut}|{way}|{recipe}|{seed}"
@@ -100,11 +110,16 @@ def run_all(a, t, bench, stem, state, tag: str) -> None:
         keys = {**(kd_keys(base) if way == "kd" else {}), **parse_recipe(recipe)}
         fields = {f.name for f in dataclasses.fields(bench.recipe(seed))}
         settings = dataclasses.replace(bench.recipe(seed), **{k: v for k, v in keys.items() if k in fields})
-        name = "-".join(["ft", tag, who, cut, way, recipe.replace("=", "").replace(",", "+"), str(seed)])
+        name = "-".join(["ft", stem, tag, who, cut, way, recipe.replace("=", "").replace(",", "+"), str(seed)])
         r = train_run(models[(who, cut)], bench.data, bench.cache / "runs", name, t.epochs, settings, verbose=False,
                       **{k: v for k, v in keys.items() if k not in fields})
         state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
         state.save()
+
+
+def _cut_name(plan: str, cut: str) -> str:
+    """The cut's name in keys and tables: the scorer for the rules plan (as the study began), else plan-scorer."""
+    return cut if plan == "rules" else f"{plan}-{cut}"
 
 
 def format_table(t, state) -> str:
@@ -112,7 +127,10 @@ def format_table(t, state) -> str:
     base = state.data.get("base")
     lines = [f"{t.epochs} epochs after the rules cut at {state.data.get('speedup')}x (ratio {state.data.get('ratio')}),"
              f" and the base trained the same ({t.imgsz} px; base {base}); mAP50-95 of best.pt, mean ± half the range"
-             " over seeds (n)", "",
+             " over seeds (n)"
+             + "".join(f"; {plan} cuts: ratio {v['ratio']}, {v['speedup']}x"
+                       for plan, v in state.data.get("plans", {}).items()),
+             "",
              "| recipe | way | cut | slim | reference | slim / reference | slim / base |", "|---" * 7 + "|"]
     combos = {tuple(k.split("|")[1:4]) for k in runs if k.startswith("slim|")}
     for cut, way, recipe in sorted(combos, key=lambda c: (c[2], c[1], c[0])):
