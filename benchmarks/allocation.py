@@ -100,8 +100,9 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
         for seed in tqdm(seeds, desc=f"{alloc} fine-tunes", unit="run"):
             key = f"{alloc}|{seed}"
             if key not in state.data["runs"]:
-                r = train_run(out, bench.data, bench.cache / "runs", f"alloc-{stem}-{alloc}-{a.speedup:g}x-{seed}", a.epochs,
-                              bench.recipe(seed).finetune(), verbose=False, **kd_keys(base))
+                name = f"alloc-{stem}-{alloc}-{a.speedup:g}x-{seed}"
+                r = train_run(out, bench.data, bench.cache / "runs", name, a.epochs, bench.recipe(seed).finetune(),
+                              verbose=False, **kd_keys(base))
                 state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
                 state.save()
 

@@ -84,12 +84,11 @@ def run_all(a, t, bench, stem, state, tag: str) -> None:
     bench.prepare([t.models.split(",")[0]])
     base = bench.bases[stem]
     state.data["base"] = bench.state.data["bases"][stem]["map50_95"]
-    models = {("reference", "-"): base}
+    models, cuts = {("reference", "-"): base}, []
     for plan in a.plans.split(","):
-        kind = {"rules": "rules", "uniform": "uniform"}.get(plan)
-        if kind is None:
+        if plan not in ("rules", "uniform"):  # the trade-off's plan kinds
             raise SystemExit(f"unknown plan {plan!r}: rules or uniform")
-        found = bench.ratio_for(stem, kind, a.speedup)
+        found = bench.ratio_for(stem, plan, a.speedup)
         if "ratio" not in found:
             raise SystemExit(f"the {plan} plan does not reach {a.speedup:g}x: {found['unreachable']}")
         if plan == "rules":  # the table's heading names the rules cut; the others carry theirs in the cut's name
@@ -97,11 +96,11 @@ def run_all(a, t, bench, stem, state, tag: str) -> None:
         else:
             state.data.setdefault("plans", {})[plan] = {"ratio": found["ratio"], "speedup": found["speedup"]}
         for cut in a.cuts.split(","):
-            models[("slim", _cut_name(plan, cut))] = bench.cut(stem, kind, found["ratio"], calibrated=cut == "taylor")
-    cuts = [c for c in models if c[0] == "slim"]
+            cuts.append(_cut_name(plan, cut))
+            models[("slim", cuts[-1])] = bench.cut(stem, plan, found["ratio"], calibrated=cut == "taylor")
     recipes = [r.strip() for r in a.recipes.split(";") if r.strip()]
     jobs = [(who, cut, way, recipe, int(seed)) for seed in a.seeds.split(",") for recipe in recipes
-            for who in a.who.split(",") for cut in ([c for _, c in cuts] if who == "slim" else ["-"])
+            for who in a.who.split(",") for cut in (cuts if who == "slim" else ["-"])
             for way in (a.ways.split(",") if who == "slim" else ["plain"])]
     for who, cut, way, recipe, seed in tqdm(jobs, desc="fine-tunes", unit="run"):
         key = f"{who}|{cut}|{way}|{recipe}|{seed}"
