@@ -456,7 +456,7 @@ class Bench:
         stems = list(s["bases"])
         fig, axes = plt.subplots(1, len(stems), figsize=(6.5 * len(stems), 4.5), squeeze=False)
         for ax, stem in zip(axes[0], stems):
-            for name, marker in zip(METHODS, "osx^"):
+            for name, marker, color in zip(METHODS, "osx^", ("C0", "C1", "C2", "C3")):  # one colour per method
                 xs, ys, lo, hi = [], [], [], []
                 for sp, p in s["points"].get(stem, {}).items():
                     v = self.finals(stem, name, float(sp))
@@ -468,7 +468,7 @@ class Bench:
                 if xs:
                     order = sorted(range(len(xs)), key=xs.__getitem__)
                     ax.errorbar([xs[i] for i in order], [ys[i] for i in order], capsize=3, marker=marker, label=name,
-                                yerr=[[lo[i] for i in order], [hi[i] for i in order]])
+                                color=color, yerr=[[lo[i] for i in order], [hi[i] for i in order]])
             ref = self.finals(stem, "reference")
             if ref:
                 ax.errorbar([1.0], [statistics.mean(ref)], yerr=[[statistics.mean(ref) - min(ref)],
