@@ -349,7 +349,8 @@ class Bench:
             for kind, name in (("rules", "slim"), ("uniform", "tp-floor")):
                 if name not in a.methods and not (name == "slim" and "scratch" in a.methods):
                     continue
-                found = self.ratio_for(stem, kind, sp)
+                # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
+                found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(stem, kind, sp)
                 if "ratio" not in found:
                     p[name] = {"unreachable": f"{kind} {found['unreachable']}"}
                     continue
@@ -387,8 +388,8 @@ class Bench:
         a = self.a
         lat = self.timed(f"sibling-{small}", large, lambda: (self.cache / f"{small}-{a.bench_imgsz}.onnx",
                                                              a.bench_imgsz))
-        found = self.ratio_for(large, "rules", lat["speedup"])
         p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
+        found = {"ratio": p["ratio"]} if "ratio" in p else self.ratio_for(large, "rules", lat["speedup"])
         if "ratio" not in found:
             p["unreachable"] = found["unreachable"]
             return []
