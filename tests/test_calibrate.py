@@ -110,6 +110,16 @@ def test_target_candidates_are_recalibrated(calib):
     assert slim.report.calibration["images"] == 32
 
 
+def test_target_speedup_allocation_defaults_to_sensitivity_with_data(calib):
+    from yoloprune.slim.target import TargetSlimmer
+
+    assert TargetSlimmer(small_model(), speedup=2.0, imgsz=64, data=calib, progress=False).allocation == "sensitivity"
+    assert TargetSlimmer(small_model(), speedup=2.0, imgsz=64, progress=False).allocation == "rules"
+    assert TargetSlimmer(small_model(), flops=0.5, imgsz=64, data=calib, progress=False).allocation == "rules"
+    chosen = TargetSlimmer(small_model(), speedup=2.0, imgsz=64, data=calib, allocation="rules", progress=False)
+    assert chosen.allocation == "rules"
+
+
 def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "yoloprune.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=600, cwd=cwd)

@@ -233,10 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --ratio: search widths until the measured speed-up on --runtime/--device is S")
     s.add_argument("--target-flops", type=float, metavar="F",
                    help="instead of --ratio: keep this share of the base GFLOPs (e.g. 0.5), widths spread by the rules")
-    s.add_argument("--allocation", default="rules",
-                   help="with --target-speedup: rules (search the ratio of the rules plan; keeps the most mAP, "
-                        "default), latency (greedy widths from a measured per-layer latency table; most speed per MAC) "
-                        "or sensitivity (with --data: each group's measured loss rise per millisecond it saves)")
+    s.add_argument("--allocation",
+                   help="with --target-speedup: sensitivity (with --data: each group's measured loss rise per "
+                        "millisecond it saves; the default with --data), rules (search the ratio of the rules plan; "
+                        "the default without --data) or latency (greedy widths from a measured per-layer latency "
+                        "table; most speed per MAC)")
     s.add_argument("--runtime", default="onnxruntime", help="where --target-speedup measures: onnxruntime or torch")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda, for --target-speedup")
     s.add_argument("--threads", type=int, help="intra-op threads for --target-speedup (default: every core)")
@@ -307,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--val", type=int, help="synthetic validation images (default 64)")
     m.add_argument("--threads", type=int, help="ONNX Runtime threads (default: every core)")
     m.add_argument("--calibrate", action="store_true",
-                   help="slim with calibration data (taylor scores, BatchNorm recalibration): keeps more right after "
-                        "the cut, measured to end lower after the short fine-tune")
+                   help="slim with calibration data (taylor scores, BatchNorm recalibration, widths by the "
+                        "sensitivity allocation): keeps more right after the cut")
     m.add_argument("--no-precise-bn", action="store_true",
                    help="train base and fine-tune with Ultralytics' running BatchNorm averages only (for toy "
                         "bases of an epoch or two; see the README)")

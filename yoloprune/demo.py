@@ -204,12 +204,13 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     for w in warnings:
         print(f"WARNING: {w}")
 
-    _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} (shortcut rules, "
-                f"ratio searched)")
+    _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} "
+                + ("(widths by each group's measured loss per millisecond on the calibration images)" if s.calibrate
+                   else "(shortcut rules, ratio searched)"))
     slim = out / "slim.pt"
     marker = out / "slim.json"
     want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads,
-            "calibrate": s.calibrate}
+            "calibrate": s.calibrate, "allocation": "sensitivity" if s.calibrate else "rules"}
     if slim.is_file() and marker.is_file() and json.loads(marker.read_text()).get("settings") == want:
         target = json.loads(marker.read_text())["result"]
         print(f"reused {slim} ({target['reached']:.2f}x measured when it was made)")

@@ -1,10 +1,11 @@
 """Slimming to a target: a measured speed-up on the deploy runtime, or a share of the base GFLOPs.
 
 `--target-speedup S`: every candidate is exported and timed against the base, interleaved, until the measured
-speed-up is within `tolerance` of S. With the `rules` allocation (default) the candidates are the rules plan at a
-searched ratio; with `latency` a per-layer latency table is measured on the runtime (`yoloprune.deploy.latency`),
-widths are allocated greedily to a predicted latency budget (`yoloprune.slim.budget`) and the budget is corrected by the
-measured error. `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
+speed-up is within `tolerance` of S. With the `rules` allocation (the default without calibration data) the
+candidates are the rules plan at a searched ratio; with `latency` a per-layer latency table is measured on the runtime
+(`yoloprune.deploy.latency`), widths are allocated greedily to a predicted latency budget (`yoloprune.slim.budget`)
+and the budget is corrected by the measured error; `sensitivity` (the default with calibration data) allocates
+against the same table by each group's measured loss rise (`yoloprune.slim.sensitivity`). `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
 GFLOPs counter.
 """
 
@@ -124,13 +125,15 @@ class TargetSlimmer:
         model: as for `Slimmer`.
         speedup: measured speed-up to reach (> 1), or
         flops: share of base GFLOPs to keep, in (0, 1).
-        allocation: how `speedup` chooses widths. `rules` (default): the ratio of the shortcut-rule plan (as
-            `--ratio`) is searched until the measured speed-up is reached; `latency`: widths are allocated greedily
-            from a measured per-layer latency table, buying the most speed per channel removed. Measured on yolo26n
-            (benchmarks/tradeoff.py): `latency` runs faster per MAC removed but thins the downsampling convolutions
-            and keeps much less mAP after fine-tuning at the same speed-up; `sensitivity` (needs `data`): each
+        allocation: how `speedup` chooses widths. `rules`: the ratio of the shortcut-rule plan (as `--ratio`) is
+            searched until the measured speed-up is reached; `latency`: widths are allocated greedily from a
+            measured per-layer latency table, buying the most speed per channel removed (faster per MAC removed,
+            but it thins the downsampling convolutions and keeps the least mAP); `sensitivity` (needs `data`): each
             group's measured loss rise when thinned alone (`yoloprune.slim.sensitivity`) against the same latency
-            table, buying the most speed per loss; the rules only set each group's floor.
+            table, buying the most speed per loss; the rules only set each group's floor. Default (None):
+            `sensitivity` for a `speedup` with `data` (measured best, benchmarks/allocation.py: at 2x it kept the
+            most right after the cut on yolo26n and yolo26s, and after 10 fine-tune epochs tied `rules` on yolo26n
+            and beat it by 0.065 mAP50-95 on yolo26s), else `rules`.
         importance, rules: as for `Slimmer` (rules weigh how much each group may lose).
         data, calib_images, calib_imgsz, recalibrate: calibration, as for `Slimmer`: the scores are computed once on
             the uncut model, every candidate's BatchNorm statistics are recalibrated.
@@ -152,12 +155,14 @@ class TargetSlimmer:
     def __init__(self, model, speedup: float | None = None, flops: float | None = None, importance: str | None = None,
                  rules="yolo26", round_to: int = 16, imgsz: int = 640, runtime: str = "onnxruntime",
                  device: str = "cpu", threads: int | None = None, max_ratio: float = 0.75, tolerance: float = 0.03,
-                 max_steps: int = 6, runs: int = 50, progress: bool = True, allocation: str = "rules", data=None,
+                 max_steps: int = 6, runs: int = 50, progress: bool = True, allocation: str | None = None, data=None,
                  calib_images: int = DEFAULT_IMAGES, calib_imgsz: int | None = None, recalibrate: bool = True):
         from ..deploy.bench import check_timing_args
         from ..deploy.runtime import default_threads
 
         check_target(speedup, flops)
+        if allocation is None:
+            allocation = "sensitivity" if data is not None and speedup is not None else "rules"
         if allocation not in ALLOCATIONS:
             from ..errors import close_match
 
