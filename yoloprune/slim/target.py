@@ -5,8 +5,8 @@ speed-up is within `tolerance` of S. With the `rules` allocation (the default wi
 candidates are the rules plan at a searched ratio; with `latency` a per-layer latency table is measured on the runtime
 (`yoloprune.deploy.latency`), widths are allocated greedily to a predicted latency budget (`yoloprune.slim.budget`)
 and the budget is corrected by the measured error; `sensitivity` (the default with calibration data) allocates
-against the same table by each group's measured loss rise (`yoloprune.slim.sensitivity`). `--target-flops F` does the same with multiply-accumulates as the cost, checked with Ultralytics'
-GFLOPs counter.
+against the same table by each group's measured loss rise (`yoloprune.slim.sensitivity`). `--target-flops F` does
+the same with multiply-accumulates as the cost, checked with Ultralytics' GFLOPs counter.
 """
 
 from __future__ import annotations
