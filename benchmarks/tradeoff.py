@@ -51,6 +51,7 @@ from common import State, reinitialize, search_ratio  # noqa: E402
 from yoloprune.checkpoint import atomic_write  # noqa: E402
 
 METHODS = ("slim", "tp-floor", "scratch", "small-input")
+KINDS = {"slim": "rules", "tp-floor": "uniform", "scratch": "rules"}  # the width plan behind each cut method
 SETTINGS = ("data", "train", "val", "imgsz", "batch", "max_epochs", "patience", "preset")  # what the cache is keyed by
 QUICK = {"max_epochs": 40, "patience": 10, "epochs": 5, "speedups": "2", "seeds": "0", "runs": 20}
 
@@ -113,7 +114,6 @@ class Bench:
     # -- data and bases -----------------------------------------------------------------------------------------
     def prepare(self, models):
         from yoloprune.data import make_dataset
-        from yoloprune.deploy.export import export
         from yoloprune.deploy.runtime import library_versions
         from yoloprune.pipeline import train_run, validate
 
@@ -164,9 +164,7 @@ class Bench:
             b = self.state.data["bases"][stem]
             print(f"base {stem}: mAP50-95 {b['map50_95']:.4f} after {b['epochs']} epochs (best {b['best_epoch']}, "
                   f"stopped by {b['stopped']})")
-            onnx = self.cache / f"{stem}-{a.bench_imgsz}.onnx"
-            if not onnx.exists():
-                export(self.bases[stem], imgsz=a.bench_imgsz, output=onnx, verbose=False)
+            self.base_onnx(stem, a.bench_imgsz)
 
     def kept_base(self, kept: Path) -> dict | None:
         """The record of a base kept beside the results (`results/bases/<cache>/<stem>.pt` and `.json`: a clone
@@ -209,7 +207,7 @@ class Bench:
                 onnx = self.cache / "slim" / f"{Path(what).stem}-{size}.onnx"
                 if not onnx.exists():
                     export(what, imgsz=size, output=onnx, verbose=False)
-            base = self.cache / f"{stem}-{self.a.bench_imgsz}.onnx"
+            base = self.base_onnx(stem, self.a.bench_imgsz)[0]
             runners = [OrtRunner(base, self.a.bench_imgsz, 1, "cpu", self.a.threads),
                        OrtRunner(onnx, size, 1, "cpu", self.a.threads)]
             t0, t1 = (np.array(t) for t in interleaved(runners, 5, self.a.runs))
@@ -255,7 +253,8 @@ class Bench:
         return best
 
     def base_onnx(self, stem: str, size: int) -> tuple[Path, int]:
-        """Base `stem` exported at input `size` (what `timed` measures for a smaller input)."""
+        """Base `stem` exported at input `size`, once: the bench size every timing compares against, or a smaller
+        input."""
         from yoloprune.deploy.export import export
 
         onnx = self.cache / f"{stem}-{size}.onnx"
@@ -269,43 +268,33 @@ class Bench:
         timing replaces stay in the point's `earlier`."""
         from tqdm import tqdm
 
-        fields = ("speedup", "p10", "p90", "ms", "base_ms")
+        timing = {k: k for k in ("speedup", "p10", "p90", "ms", "base_ms")}  # measurement field -> record field
         measured, done = self.state.data["measured"], {}
-
-        def again(stem: str, key: str, make) -> dict:
-            if (stem, key) not in done:
-                measured.get(stem, {}).pop(key, None)
-                done[stem, key] = self.timed(key, stem, make)
-            return done[stem, key]
-
-        todo = []  # (point dict, its base, timing key, make)
+        todo = []  # (record, its base, timing key, make, measurement field -> record field)
         for stem, sps in self.state.data["points"].items():
-            if "->" in stem:  # the sibling: the smaller model's latency, and the larger cut to it
+            if "->" in stem:  # the sibling: the smaller model's latency (its target), and the larger cut to it
                 large, small = stem.split("->")
                 if "ratio" in sps:
-                    todo.append((None, large, f"sibling-{small}",
-                                 lambda small=small: (self.cache / f"{small}-{self.a.bench_imgsz}.onnx",
-                                                      self.a.bench_imgsz), sps))
+                    todo.append((sps, large, f"sibling-{small}",
+                                 lambda small=small: self.base_onnx(small, self.a.bench_imgsz), {"speedup": "target"}))
                     todo.append((sps, large, f"rules-{sps['ratio']:.2f}",
-                                 lambda large=large, r=sps["ratio"]: self.cut(large, "rules", r), None))
+                                 lambda large=large, r=sps["ratio"]: self.cut(large, "rules", r), timing))
                 continue
             for p in sps.values():
                 for name, q in p.items():
                     if "ratio" in q:
-                        kind = "uniform" if name == "tp-floor" else "rules"
+                        kind = KINDS[name]
                         todo.append((q, stem, f"{kind}-{q['ratio']:.2f}",
-                                     lambda stem=stem, kind=kind, r=q["ratio"]: self.cut(stem, kind, r), None))
+                                     lambda stem=stem, kind=kind, r=q["ratio"]: self.cut(stem, kind, r), timing))
                     elif "bench_imgsz" in q:
                         todo.append((q, stem, f"input-{q['bench_imgsz']}",
-                                     lambda stem=stem, size=q["bench_imgsz"]: self.base_onnx(stem, size), None))
-        for q, stem, key, make, target_of in tqdm(todo, desc="timing again", unit="point"):
-            m = again(stem, key, make)
-            if target_of is not None:
-                target_of["earlier"] = {**target_of.get("earlier", {}), "target": target_of["target"]}
-                target_of["target"] = m["speedup"]
-            else:
-                q["earlier"] = {**q.get("earlier", {}), **{k: q[k] for k in fields}}
-                q.update({k: m[k] for k in fields})
+                                     lambda stem=stem, size=q["bench_imgsz"]: self.base_onnx(stem, size), timing))
+        for q, stem, key, make, fields in tqdm(todo, desc="timing again", unit="point"):
+            if (stem, key) not in done:  # a cut shared by two points (slim and scratch) is timed once
+                measured.get(stem, {}).pop(key, None)
+                done[stem, key] = self.timed(key, stem, make)
+            q["earlier"] = {**q.get("earlier", {}), **{f: q[f] for f in fields.values()}}
+            q.update({f: done[stem, key][k] for k, f in fields.items()})
         self.save()
 
     # -- runs ---------------------------------------------------------------------------------------------------
@@ -346,7 +335,8 @@ class Bench:
         for sp in tqdm(a.speedups, desc=f"{stem} cuts and timing", unit="speed-up"):
             seeds = a.seeds if sp == a.seed_speedup else a.seeds[:1]
             p = pts.setdefault(f"{sp:g}", {})
-            for kind, name in (("rules", "slim"), ("uniform", "tp-floor")):
+            for name in ("slim", "tp-floor"):
+                kind = KINDS[name]
                 if name not in a.methods and not (name == "slim" and "scratch" in a.methods):
                     continue
                 # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
@@ -386,8 +376,7 @@ class Bench:
         from yoloprune.pipeline import kd_keys, validate
 
         a = self.a
-        lat = self.timed(f"sibling-{small}", large, lambda: (self.cache / f"{small}-{a.bench_imgsz}.onnx",
-                                                             a.bench_imgsz))
+        lat = self.timed(f"sibling-{small}", large, lambda: self.base_onnx(small, a.bench_imgsz))
         p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
         found = {"ratio": p["ratio"]} if "ratio" in p else self.ratio_for(large, "rules", lat["speedup"])
         if "ratio" not in found:

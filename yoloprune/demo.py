@@ -155,7 +155,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     from .data.checks import check_classes
     from .deploy.bench import bench
     from .deploy.export import export
-    from .slim.target import TargetSlimmer
+    from .slim.target import TargetSlimmer, default_allocation
 
     s = replace(settings, **overrides)
     check_settings(s)
@@ -209,8 +209,9 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
                    else "(shortcut rules, ratio searched)"))
     slim = out / "slim.pt"
     marker = out / "slim.json"
+    calib = data if s.calibrate else None
     want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads,
-            "calibrate": s.calibrate, "allocation": "sensitivity" if s.calibrate else "rules"}
+            "calibrate": s.calibrate, "allocation": default_allocation(calib, s.speedup)}
     if slim.is_file() and marker.is_file() and json.loads(marker.read_text()).get("settings") == want:
         target = json.loads(marker.read_text())["result"]
         print(f"reused {slim} ({target['reached']:.2f}x measured when it was made)")
@@ -219,7 +220,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
         # averages start, and after a short fine-tune they still weigh on the slim model's eval statistics (measured
         # in the README); a base trained only an epoch or two also blows up on other images once recalibrated
         search = TargetSlimmer(str(base), speedup=s.speedup, imgsz=s.deploy_imgsz, threads=s.threads,
-                               data=data if s.calibrate else None)
+                               data=calib)
         search.search().save(slim)
         target = search.result.to_dict()
         print(search.result.format())

@@ -118,6 +118,12 @@ def check_target(speedup, flops) -> None:
         raise UserError(f"target GFLOPs {flops!r} is the share of base GFLOPs to keep: a number in (0, 1), e.g. 0.5")
 
 
+def default_allocation(data, speedup) -> str:
+    """The allocation `TargetSlimmer` uses when none is asked: `sensitivity` for a speed-up with calibration data
+    (measured best: `TargetSlimmer`'s docstring), else `rules`."""
+    return "sensitivity" if data is not None and speedup is not None else "rules"
+
+
 class TargetSlimmer:
     """Slim a model to a measured speed-up or a GFLOPs share; `search()` returns the `Slimmer` holding the result.
 
@@ -162,7 +168,7 @@ class TargetSlimmer:
 
         check_target(speedup, flops)
         if allocation is None:
-            allocation = "sensitivity" if data is not None and speedup is not None else "rules"
+            allocation = default_allocation(data, speedup)
         if allocation not in ALLOCATIONS:
             from ..errors import close_match
 
