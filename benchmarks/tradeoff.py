@@ -4,17 +4,21 @@ For each model of `--models` a base is trained on the data until its validation 
 epochs without a new best, at most `--max-epochs`; its epochs and curve are recorded). At each speed-up of
 `--speedups`, measured on ONNX Runtime CPU at `--bench-imgsz` against that base, side by side:
 
-- `slim`: the product's way. The shortcut-rules plan, its ratio searched until the measured speed-up is within 3 %;
-  cut with calibration data (taylor scores, judged BatchNorm recalibration); fine-tuned `--epochs` epochs with
+- `slim`: the product's way, `--target-speedup` with calibration data: `TargetSlimmer` with the `sensitivity`
+  allocation (each group's measured loss rise against a measured per-layer latency table), corrected until the
+  measured speed-up is within 3 % (taylor scores, judged BatchNorm recalibration); fine-tuned `--epochs` epochs with
   distillation from the base and precise BatchNorm.
+- `rules`: as `slim`, but the widths are the shortcut-rules plan, its ratio searched to the same measured speed-up
+  (the product's allocation without calibration data).
 - `tp-floor`: the plain Torch-Pruning recipe as a floor: one uniform ratio searched to the same measured speed-up,
   l1 magnitude, `round_to` 16, no rules, no calibration, fine-tuned `--epochs` without distillation.
-- `scratch`: the `slim` architecture with fresh weights, trained as long as base and fine-tune together.
+- `scratch`: the `slim` architecture with fresh weights, trained as long as base and fine-tune together
+  (`scratch-rules`, asked by name: the `rules` architecture likewise).
 - `small-input`: the base itself at a smaller input, the size nearest the same measured speed-up (sizes step by 32 at
   the training size, timed at the same fraction of the bench size), fine-tuned `--epochs` at that size.
 - `reference` (1.0x): the base trained the same `--epochs` more (the equally-trained base).
-- `sibling` (with two models): the larger slimmed to the smaller's measured latency, fine-tuned with distillation
-  from the larger, against the smaller's reference.
+- `sibling` (with two models): the larger slimmed the `slim` way to the smaller's measured latency (and the `rules`
+  way, when `rules` is measured), fine-tuned with distillation from the larger, against the smaller's reference.
 
 Every fine-tune and from-scratch run at `--seed-speedup` (2x) runs once per training seed of `--seeds` (data order and
 augmentation; the base is one run); the other speed-ups use the first seed. mAP by Ultralytics' validator.
@@ -50,10 +54,13 @@ from common import State, reinitialize, search_ratio  # noqa: E402
 
 from yoloprune.checkpoint import atomic_write  # noqa: E402
 
-METHODS = ("slim", "tp-floor", "scratch", "small-input")
-KINDS = {"slim": "rules", "tp-floor": "uniform", "scratch": "rules"}  # the width plan behind each cut method
+METHODS = ("slim", "rules", "tp-floor", "scratch", "small-input")
+EXTRA = ("scratch-rules",)  # measured only when asked by name
+KINDS = {"rules": "rules", "tp-floor": "uniform"}  # the width plan of each ratio-searched cut
+SCRATCH = {"scratch": "slim", "scratch-rules": "rules"}  # a from-scratch point -> the cut whose architecture it trains
 SETTINGS = ("data", "train", "val", "imgsz", "batch", "max_epochs", "patience", "preset")  # what the cache is keyed by
-QUICK = {"max_epochs": 40, "patience": 10, "epochs": 5, "speedups": "2", "seeds": "0", "runs": 20}
+QUICK = {"max_epochs": 40, "patience": 10, "epochs": 5, "speedups": "2", "seeds": "0", "runs": 20,
+         "methods": "slim,tp-floor,scratch,small-input"}
 
 
 class Bench:
@@ -69,9 +76,11 @@ class Bench:
         (self.cache / "slim").mkdir(parents=True, exist_ok=True)
         fresh = not (self.cache / "state.json").is_file()
         self.state = State(self.cache / "state.json", {"bases": {}, "measured": {}, "runs": {}, "points": {},
-                                                       "machine": machine_name()})
+                                                       "machine": machine_name(), "version": 2})
         if fresh and a.adopt:
             self.adopt(Path(a.adopt), settings)
+        if _upgrade(self.state.data):
+            self.save()
         self.recipe = lambda seed=0, imgsz=a.imgsz: Recipe(imgsz=imgsz, batch=a.batch, seed=seed)
         self._calib = None  # the calibration sample, drawn once
 
@@ -96,6 +105,7 @@ class Bench:
             return
         for k in ("bases", "measured", "runs", "points"):
             self.state.data[k] = old.get(k, {})
+        self.state.data["version"] = old.get("version", 1)
         for b in self.state.data["bases"].values():
             b["adopted"] = {"from": str(path), "checked": False}
         print(f"adopted {len(self.state.data['runs'])} runs and the timings of {path}; checking its bases")
@@ -108,7 +118,7 @@ class Bench:
         for k in ("bases", "points"):
             s[k] = {key: v for key, v in s[k].items() if stem not in key.split("->")}
         s["runs"] = {key: v for key, v in s["runs"].items() if not key.startswith(f"{stem}|")
-                     or (key.startswith(f"{stem}|scratch@") and v.get("epochs") == epochs + self.a.epochs)}
+                     or (key.split("|")[1].startswith("scratch") and v.get("epochs") == epochs + self.a.epochs)}
         self.save()
 
     # -- data and bases -----------------------------------------------------------------------------------------
@@ -229,6 +239,31 @@ class Bench:
                     data=self.calibration() if calibrated else None).save(out)
         return out
 
+    def target_cut(self, stem: str, target: float) -> dict:
+        """The product's cut of base `stem` to measured speed-up `target` (`TargetSlimmer`, sensitivity allocation,
+        the calibration sample), searched once: {"path", "met"}, or {"unreachable": why}. The cut file is the
+        allocation benchmark's for its first calibration sample (the same search), so either benchmark reuses it."""
+        from yoloprune.errors import UserError
+        from yoloprune.slim.target import TargetSlimmer
+
+        out = self.cache / "slim" / f"{stem}-alloc-sensitivity-{target:g}x-c0.pt"
+        record = out.with_suffix(".search.json")
+        if not record.exists():
+            ts = TargetSlimmer(str(self.bases[stem]), speedup=target, allocation="sensitivity", data=self.calibration(),
+                               round_to=16, imgsz=self.a.bench_imgsz, threads=self.a.threads, runs=self.a.runs)
+            ts.sensitivity_cache = self.cache / "sensitivity"
+            try:
+                slimmer = ts.search()
+            except UserError as e:
+                found = {"unreachable": f"sensitivity: {e}"}
+            else:
+                slimmer.save(out)
+                found = {"met": ts.result.met, "searched": round(ts.result.reached, 3)}
+            text = json.dumps(found)
+            atomic_write(record, lambda tmp: Path(tmp).write_text(text))
+        found = json.loads(record.read_text())
+        return found if "unreachable" in found else {**found, "path": out}
+
     def ratio_for(self, stem: str, kind: str, target: float) -> dict:
         known = {}
 
@@ -274,23 +309,24 @@ class Bench:
         for stem, sps in self.state.data["points"].items():
             if "->" in stem:  # the sibling: the smaller model's latency (its target), and the larger cut to it
                 large, small = stem.split("->")
-                if "ratio" in sps:
-                    todo.append((sps, large, f"sibling-{small}",
-                                 lambda small=small: self.base_onnx(small, self.a.bench_imgsz), {"speedup": "target"}))
-                    todo.append((sps, large, f"rules-{sps['ratio']:.2f}",
-                                 lambda large=large, r=sps["ratio"]: self.cut(large, "rules", r), timing))
-                continue
+                todo.append((sps, large, f"sibling-{small}",
+                             lambda small=small: self.base_onnx(small, self.a.bench_imgsz), {"speedup": "target"}))
+                sps = {"": {k: v for k, v in sps.items() if isinstance(v, dict) and k != "earlier"}}
+                stem = large
             for p in sps.values():
                 for name, q in p.items():
-                    if "ratio" in q:
-                        kind = KINDS[name]
+                    if "target" in q:
+                        todo.append((q, stem, f"sensitivity-{q['target']:g}x",
+                                     lambda stem=stem, t=q["target"]: self.target_cut(stem, t)["path"], timing))
+                    elif "ratio" in q:
+                        kind = KINDS[SCRATCH.get(name, name)]
                         todo.append((q, stem, f"{kind}-{q['ratio']:.2f}",
                                      lambda stem=stem, kind=kind, r=q["ratio"]: self.cut(stem, kind, r), timing))
                     elif "bench_imgsz" in q:
                         todo.append((q, stem, f"input-{q['bench_imgsz']}",
                                      lambda stem=stem, size=q["bench_imgsz"]: self.base_onnx(stem, size), timing))
         for q, stem, key, make, fields in tqdm(todo, desc="timing again", unit="point"):
-            if (stem, key) not in done:  # a cut shared by two points (slim and scratch) is timed once
+            if (stem, key) not in done:  # a cut shared by two points (a cut and its scratch) is timed once
                 measured.get(stem, {}).pop(key, None)
                 done[stem, key] = self.timed(key, stem, make)
             q["earlier"] = {**q.get("earlier", {}), **{f: q[f] for f in fields.values()}}
@@ -335,30 +371,41 @@ class Bench:
         for sp in tqdm(a.speedups, desc=f"{stem} cuts and timing", unit="speed-up"):
             seeds = a.seeds if sp == a.seed_speedup else a.seeds[:1]
             p = pts.setdefault(f"{sp:g}", {})
-            for name in ("slim", "tp-floor"):
-                kind = KINDS[name]
-                if name not in a.methods and not (name == "slim" and "scratch" in a.methods):
+            cuts = {}  # method -> its cut, for the fine-tunes and the from-scratch runs
+            for name in ("slim", "rules", "tp-floor"):
+                if name not in a.methods and not any(SCRATCH[m] == name for m in a.methods if m in SCRATCH):
                     continue
-                # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
-                found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(stem, kind, sp)
-                if "ratio" not in found:
-                    p[name] = {"unreachable": f"{kind} {found['unreachable']}"}
+                if name == "slim":
+                    found = self.target_cut(stem, sp)
+                    key = f"sensitivity-{sp:g}x"
+                else:
+                    kind = KINDS[name]
+                    # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
+                    found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(stem, kind,
+                                                                                                          sp)
+                    if "ratio" in found:
+                        found["path"] = self.cut(stem, kind, found["ratio"], calibrated=name == "rules")
+                        key = f"{kind}-{found['ratio']:.2f}"
+                if "unreachable" in found:
+                    p[name] = {"unreachable": found["unreachable"] if name == "slim" else f"{kind} {found['unreachable']}"}
                     continue
-                r = found["ratio"]
-                slim = self.cut(stem, kind, r, calibrated=name == "slim")
-                p.setdefault(name, {"ratio": r, **self.timed(f"{kind}-{r:.2f}", stem, lambda: slim),
+                slim = cuts[name] = found["path"]
+                ident = {"target": sp, "met": found["met"]} if name == "slim" else {"ratio": found["ratio"]}
+                p.setdefault(name, {**ident, **self.timed(key, stem, lambda: slim),
                                     "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
-                keys = kd_keys(base) if name == "slim" else {"precise_bn": False}
+                keys = kd_keys(base) if name in ("slim", "rules") else {"precise_bn": False}
                 if name in a.methods:
                     jobs += [(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, None, keys) for seed in seeds]
-                if name == "slim" and "scratch" in a.methods:
-                    scratch = self.cache / "slim" / f"{stem}-scratch-{r:.2f}.pt"
-                    if not scratch.exists():
-                        loaded = load_model(slim)
-                        save_checkpoint(reinitialize(loaded.model), scratch, loaded)
-                    p.setdefault("scratch", {**p["slim"], "cut": None})
-                    scratch_jobs += [(f"{stem}|scratch@{sp:g}|{seed}", scratch, b["epochs"] + a.epochs, seed, None, {})
-                                     for seed in seeds]
+            for name, of in SCRATCH.items():
+                if name not in a.methods or of not in cuts:
+                    continue
+                scratch = cuts[of].with_name(f"{cuts[of].stem}-scratch.pt")
+                if not scratch.exists():
+                    loaded = load_model(cuts[of])
+                    save_checkpoint(reinitialize(loaded.model), scratch, loaded)
+                p.setdefault(name, {**p[of], "cut": None})
+                scratch_jobs += [(f"{stem}|{name}@{sp:g}|{seed}", scratch, b["epochs"] + a.epochs, seed, None, {})
+                                 for seed in seeds]
             if "small-input" not in a.methods:
                 self.save()
                 continue
@@ -371,22 +418,37 @@ class Bench:
         return [(f"{stem}|reference|{seed}", base, a.epochs, seed, None, {}) for seed in a.seeds] + jobs, scratch_jobs
 
     def sibling(self, small: str, large: str) -> list:
-        """The larger model slimmed to the smaller's measured latency (cut and timed now), against the smaller trained
-        as long; returns its training jobs."""
+        """The larger model slimmed to the smaller's measured latency (cut and timed now), the product's way and, when
+        `rules` is measured, the rules way, against the smaller trained as long; returns its training jobs."""
         from yoloprune.pipeline import kd_keys, validate
 
         a = self.a
         lat = self.timed(f"sibling-{small}", large, lambda: self.base_onnx(small, a.bench_imgsz))
         p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
-        found = {"ratio": p["ratio"]} if "ratio" in p else self.ratio_for(large, "rules", lat["speedup"])
-        if "ratio" not in found:
-            p["unreachable"] = found["unreachable"]
-            return []
-        slim = self.cut(large, "rules", found["ratio"], calibrated=True)
-        p.update({"ratio": found["ratio"], **self.timed(f"rules-{found['ratio']:.2f}", large, lambda: slim),
-                  "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
+        target = round(p["target"], 2)  # the search's target; its first measurement (a re-timing may move it)
+        jobs = []
+        for name in ("slim", "rules"):
+            if name != "slim" and name not in a.methods:
+                continue
+            if name == "slim":
+                found, key = self.target_cut(large, target), f"sensitivity-{target:g}x"
+            else:
+                found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(large, "rules",
+                                                                                                      target)
+                if "ratio" in found:
+                    found["path"] = self.cut(large, "rules", found["ratio"], calibrated=True)
+                    key = f"rules-{found['ratio']:.2f}"
+            if "unreachable" in found:
+                p[name] = {"unreachable": found["unreachable"]}
+                continue
+            ident = {"target": target, "met": found["met"]} if name == "slim" else {"ratio": found["ratio"]}
+            p.setdefault(name, {**ident, **self.timed(key, large, lambda: found["path"]),
+                                "cut": round(validate(found["path"], self.data, a.imgsz, a.batch)[1], 4)})
+            tag = "sibling" if name == "slim" else "sibling-rules"
+            jobs += [(f"{large}|{tag}|{seed}", found["path"], a.epochs, seed, None, kd_keys(self.bases[large]))
+                     for seed in a.seeds]
         self.save()
-        return [(f"{large}|sibling|{seed}", slim, a.epochs, seed, None, kd_keys(self.bases[large])) for seed in a.seeds]
+        return jobs
 
     def train(self, jobs: list) -> None:
         from tqdm import tqdm
@@ -414,7 +476,7 @@ class Bench:
             lines.append(f"| {stem} | reference (base + {a.epochs} epochs) | 1.00x | | {_ms(ref)} | {len(ref)} | "
                          "100 % |")
             for sp, p in s["points"].get(stem, {}).items():
-                for name in METHODS:
+                for name in METHODS + EXTRA:
                     q = p.get(name)
                     if not q:
                         continue
@@ -425,15 +487,23 @@ class Bench:
                     size = f", {q['imgsz']} px" if name == "small-input" else ""
                     cut = "" if q.get("cut") is None else f"{q['cut']:.4f}"
                     pct = f"{statistics.mean(v) / refm:.0%}" if v and refm == refm and refm else "-"
+                    missed = " (target not met)" if q.get("met") is False else ""
                     lines.append(f"| {stem} | {name} @{sp}x{size} | {q['speedup']:.2f}x ({q['p10']:.2f}-{q['p90']:.2f})"
-                                 f" | {cut} | {_ms(v)} | {len(v)} | {pct} |")
+                                 f"{missed} | {cut} | {_ms(v)} | {len(v)} | {pct} |")
         for key, p in s["points"].items():
-            if "->" in key and "speedup" in p:
-                large, small = key.split("->")
-                v, ref = self.finals(large, "sibling"), self.finals(small, "reference")
-                lines.append(f"| {large} | sibling: slimmed to {small}'s latency ({p['target']:.2f}x) | "
-                             f"{p['speedup']:.2f}x ({p['p10']:.2f}-{p['p90']:.2f}) | {p['cut']:.4f} | {_ms(v)} | "
-                             f"{len(v)} | {small} reference: {_ms(ref)} |")
+            if "->" not in key:
+                continue
+            large, small = key.split("->")
+            ref = self.finals(small, "reference")
+            for name, tag in (("slim", "sibling"), ("rules", "sibling-rules")):
+                q = p.get(name, {})
+                if "unreachable" in q:
+                    lines.append(f"| {large} | {tag}: slimmed to {small}'s latency | {q['unreachable']} | | | | |")
+                elif "speedup" in q:
+                    v = self.finals(large, tag)
+                    lines.append(f"| {large} | {tag} ({name}): slimmed to {small}'s latency ({p['target']:.2f}x) | "
+                                 f"{q['speedup']:.2f}x ({q['p10']:.2f}-{q['p90']:.2f}) | {q['cut']:.4f} | {_ms(v)} | "
+                                 f"{len(v)} | {small} reference: {_ms(ref)} |")
         return "\n".join(lines)
 
     def plot(self, path: Path) -> None:
@@ -446,7 +516,7 @@ class Bench:
         stems = list(s["bases"])
         fig, axes = plt.subplots(1, len(stems), figsize=(6.5 * len(stems), 4.5), squeeze=False)
         for ax, stem in zip(axes[0], stems):
-            for name, marker, color in zip(METHODS, "osx^", ("C0", "C1", "C2", "C3")):  # one colour per method
+            for name, marker, color in zip(METHODS + EXTRA, "oDsx^v", ("C0", "C4", "C1", "C2", "C3", "C5")):
                 xs, ys, lo, hi = [], [], [], []
                 for sp, p in s["points"].get(stem, {}).items():
                     v = self.finals(stem, name, float(sp))
@@ -466,12 +536,13 @@ class Bench:
                             marker="*", ms=12, color="k", capsize=3, ls="none", label="reference (base + epochs)")
             for key, p in s["points"].items():  # the sibling question on the larger model's axes
                 large, _, small = key.partition("->")
-                if large != stem or "speedup" not in p:
+                if large != stem:
                     continue
-                for x, v, style, label in ((p["speedup"], self.finals(large, "sibling"), dict(marker="D", color="m"),
-                                            f"sibling: slimmed to {small}'s latency"),
-                                           (p["target"], self.finals(small, "reference"), dict(marker="P", color="g"),
-                                            f"{small} reference, at its speed-up")):
+                marks = [(p[n]["speedup"], self.finals(large, tag), dict(marker=m, color=c), f"{tag}: {small}'s latency")
+                         for n, tag, m, c in (("slim", "sibling", "D", "m"), ("rules", "sibling-rules", "d", "C6"))
+                         if "speedup" in p.get(n, {})]
+                for x, v, style, label in marks + [(p["target"], self.finals(small, "reference"),
+                                                    dict(marker="P", color="g"), f"{small} reference, at its speed-up")]:
                     if v:
                         m = statistics.mean(v)
                         ax.errorbar([x], [m], yerr=[[m - min(v)], [max(v) - m]], capsize=3, ms=9, ls="none",
@@ -512,12 +583,41 @@ def _claim(path: Path):
     yield False
 
 
+def _upgrade(s: dict) -> bool:
+    """Bring an earlier state (its own cache, or an adopted `--json`) to this layout; True when it changed. Before
+    version 2, `slim` was the shortcut-rules plan, `scratch` its architecture and the sibling one rules cut: those
+    records are `rules`, `scratch-rules` and `sibling-rules` now (their run folders keep their old names)."""
+    if s.get("version", 1) >= 2:
+        return False
+    names = {"slim": "rules", "scratch": "scratch-rules", "sibling": "sibling-rules"}
+    for stem, sps in s.get("points", {}).items():
+        if "->" in stem:  # one flat rules cut beside the smaller model's latency (`target`)
+            cut = {k: sps.pop(k) for k in list(sps) if k != "target"}
+            earlier = cut.get("earlier", {})
+            if "target" in earlier:
+                sps["earlier"] = {"target": earlier.pop("target")}
+            if cut:
+                sps["rules"] = cut
+            continue
+        for p in sps.values():
+            for old in ("scratch", "slim"):  # scratch first: `scratch-rules` takes its name before `slim` leaves
+                if old in p:
+                    p[names[old]] = p.pop(old)
+    runs = {}
+    for key, v in s.get("runs", {}).items():
+        stem, point, *rest = key.split("|")
+        name, at, sp = point.partition("@")
+        runs["|".join([stem, names.get(name, name) + at + sp, *rest])] = v
+    s["runs"], s["version"] = runs, 2
+    return True
+
+
 def _rank(key: str, seed_speedup: float) -> int:
     """Training order of a fine-tune (the sort is stable): the acceptance questions first (the reference, the product's
     slim and the sibling over every seed), then the other methods at the seeded speed-up, then the other speed-ups;
     the from-scratch runs likewise, after every fine-tune."""
     point = key.split("|")[1]
-    if point in ("reference", "sibling", f"slim@{seed_speedup:g}"):
+    if point in ("reference", "sibling", "sibling-rules", f"slim@{seed_speedup:g}", f"rules@{seed_speedup:g}"):
         return 0
     return 1 if point.endswith(f"@{seed_speedup:g}") else 2
 
@@ -557,7 +657,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds (default 30)")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"the points measured (default all: {','.join(METHODS)}); the reference always")
+                   help=f"the points measured (default: {','.join(METHODS)}; also {','.join(EXTRA)}); the "
+                        "reference always")
     p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
     p.add_argument("--adopt", default=str(ROOT / "results" / "tradeoff.json"),
                    help="a fresh cache starts from this earlier --json's finished runs and timings when its settings "
@@ -582,9 +683,9 @@ def options(argv=None) -> argparse.Namespace:
     a.speedups = [float(x) for x in str(a.speedups).split(",") if x.strip()]
     a.seeds = [int(x) for x in str(a.seeds).split(",") if x.strip()]
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    unknown = set(a.methods) - set(METHODS)
+    unknown = set(a.methods) - set(METHODS + EXTRA)
     if unknown:
-        print(f"error: unknown --methods {', '.join(sorted(unknown))}: choose from {', '.join(METHODS)}")
+        print(f"error: unknown --methods {', '.join(sorted(unknown))}: choose from {', '.join(METHODS + EXTRA)}")
         raise SystemExit(2)
     return a
 
