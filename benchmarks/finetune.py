@@ -1,9 +1,9 @@
 """How the fine-tune after a deep cut should learn: its recipe (learning rate, augmentation schedule, ...), with and
 without distillation, from two scorers' cuts, over seeds.
 
-On the trade-off benchmark's converged base (its cache; trained there when missing) and its `slim` plan at
+On the trade-off benchmark's converged base (its cache; trained there when missing) and its `rules` plan at
 `--speedup` (the rules ratio it measured; searched here when missing), cut by each scorer of `--cuts` (`taylor`: with
-calibration data and judged BatchNorm recalibration, the trade-off's `slim`; `l1`: magnitude, no data), `--epochs`
+calibration data and judged BatchNorm recalibration, the trade-off's `rules`; `l1`: magnitude, no data), `--epochs`
 epochs with each recipe of `--recipes` (`default`: the base's recipe, AdamW lr0 0.002, 1 warm-up epoch, linear
 decay to 1 %, Ultralytics' `close_mosaic` 10; a recipe changes any of its keys; the pipeline's fine-tune recipe,
 `Recipe.finetune()`, is `close_mosaic=0`, from this study), with distillation from the base (`kd`) and without
@@ -43,13 +43,21 @@ def main(argv=None) -> int:
     p.add_argument("--ways", default="kd,plain", help="kd (distillation from the base), plain (default both)")
     p.add_argument("--cuts", default="taylor,l1", help="scorers of the cut: taylor (calibrated), l1 (default both)")
     p.add_argument("--plans", default="rules",
-                   help="width plans: rules (the shortcut-rules plan, the trade-off's slim), uniform (one ratio for "
+                   help="width plans: rules (the shortcut-rules plan, the trade-off's rules), uniform (one ratio for "
                         "every group, the trade-off's tp-floor); each searched to --speedup (default rules)")
     p.add_argument("--who", default="slim,reference", help="what is trained: slim, reference (default both)")
     p.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
+    unknown = [plan for plan in a.plans.split(",") if plan not in ("rules", "uniform")]  # the trade-off's plan kinds
+    if unknown:
+        p.error(f"unknown --plans {','.join(unknown)}: rules or uniform")
+    try:
+        for recipe in a.recipes.split(";"):
+            parse_recipe(recipe)
+    except ValueError as e:
+        p.error(f"--recipes: {e}")
     t, bench, stem = tradeoff_base(rest)
     tag = f"{a.speedup:g}x" + ("" if t.epochs == 10 else f"-{t.epochs}ep")  # the 10-epoch study has no suffix
     state = State(bench.cache / f"finetune-{stem}-{tag}.json", {"runs": {}})
@@ -70,7 +78,7 @@ def parse_recipe(text: str) -> dict:
         if not part or part == "default":
             continue
         if "=" not in part:
-            raise SystemExit(f"recipe part {part!r} is not key=value")
+            raise ValueError(f"recipe part {part!r} is not key=value")
         k, v = (x.strip() for x in part.split("=", 1))
         keys[k] = parse_value(v)
     return keys
@@ -86,8 +94,6 @@ def run_all(a, t, bench, stem, state, tag: str) -> None:
     state.data["base"] = bench.state.data["bases"][stem]["map50_95"]
     models, cuts = {("reference", "-"): base}, []
     for plan in a.plans.split(","):
-        if plan not in ("rules", "uniform"):  # the trade-off's plan kinds
-            raise SystemExit(f"unknown plan {plan!r}: rules or uniform")
         found = bench.ratio_for(stem, plan, a.speedup)
         if "ratio" not in found:
             raise SystemExit(f"the {plan} plan does not reach {a.speedup:g}x: {found['unreachable']}")
