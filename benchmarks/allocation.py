@@ -46,12 +46,14 @@ def main(argv=None) -> int:
     p.add_argument("--bench-imgsz", type=int, default=640)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds per candidate (default 30)")
-    p.add_argument("--max-ratio", type=float, default=0.75)
+    p.add_argument("--max-ratio", type=float, default=0.75,
+                   help="most of a group's channels a cut removes (x its rule multiplier; default 0.75, the product's)")
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
     t, bench, stem = tradeoff_base(rest)  # the base: the trade-off benchmark's, by its own options
-    state = State(bench.cache / f"allocation-{stem}-{a.speedup:g}x.json", {"cuts": {}, "runs": {}})
+    a.tag = f"{a.speedup:g}x" + ("" if a.max_ratio == 0.75 else f"-mr{a.max_ratio:g}")  # names its state and cuts
+    state = State(bench.cache / f"allocation-{stem}-{a.tag}.json", {"cuts": {}, "runs": {}})
     allocations = [x for x in a.allocations.split(",") if x]
     cseeds = [int(x) for x in a.calib_seeds.split(",") if x]
     seeds = [int(x) for x in a.seeds.split(",") if x]
@@ -75,7 +77,7 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
     for alloc in tqdm(allocations, desc="allocations (cut and timed: keep the machine quiet)", unit="allocation"):
         for cs in cseeds:
             key = f"{alloc}|{cs}"
-            out = bench.cache / "slim" / f"{stem}-alloc-{alloc}-{a.speedup:g}x-c{cs}.pt"
+            out = bench.cache / "slim" / f"{stem}-alloc-{alloc}-{a.tag}-c{cs}.pt"
             if key in cuts and out.exists():
                 continue
             calib = load_calibration(bench.data, t.imgsz, seed=cs)
@@ -96,11 +98,11 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
             cuts[key] = entry
             state.save()
     for alloc in allocations:
-        out = bench.cache / "slim" / f"{stem}-alloc-{alloc}-{a.speedup:g}x-c{cseeds[0]}.pt"
+        out = bench.cache / "slim" / f"{stem}-alloc-{alloc}-{a.tag}-c{cseeds[0]}.pt"
         for seed in tqdm(seeds, desc=f"{alloc} fine-tunes", unit="run"):
             key = f"{alloc}|{seed}"
             if key not in state.data["runs"]:
-                name = f"alloc-{stem}-{alloc}-{a.speedup:g}x-{seed}"
+                name = f"alloc-{stem}-{alloc}-{a.tag}-{seed}"
                 r = train_run(out, bench.data, bench.cache / "runs", name, a.epochs, bench.recipe(seed).finetune(),
                               verbose=False, **kd_keys(base))
                 state.data["runs"][key] = {"map50_95": r.map50_95, "map50": r.map50, "seconds": r.seconds}
@@ -112,6 +114,7 @@ def format_table(a, t, bench, stem, state, allocations) -> str:
     ref = [r["map50_95"] for k, r in bench.state.data["runs"].items() if k.startswith(f"{stem}|reference|")]
     lines = [f"{stem}, base {b.get('map50_95', float('nan')):.4f} ({b.get('epochs', '?')} epochs); reference (base + "
              f"{t.epochs} epochs) {_ms(ref)}; target {a.speedup:g}x on ONNX Runtime CPU {a.bench_imgsz} px, "
+             f"max ratio {a.max_ratio:g}, "
              f"{a.threads} threads; mAP50-95 at {t.imgsz} px: mean ± half the range (n)", "",
              "| allocation | measured speed-up | GFLOPs | right after the cut (calibration samples) | after "
              f"{a.epochs} KD epochs (seeds) | % of reference |", "|---|---|---|---|---|---|"]
