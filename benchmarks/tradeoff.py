@@ -5,9 +5,10 @@ epochs without a new best, at most `--max-epochs`; its epochs and curve are reco
 `--speedups`, measured on ONNX Runtime CPU at `--bench-imgsz` against that base, side by side:
 
 - `slim`: the product's way, `--target-speedup` with calibration data: `TargetSlimmer` with the `sensitivity`
-  allocation (each group's measured loss rise against a measured per-layer latency table), corrected until the
-  measured speed-up is within 3 % (taylor scores, judged BatchNorm recalibration); fine-tuned `--epochs` epochs with
-  distillation from the base and precise BatchNorm.
+  allocation and its defaults (each group's measured loss rise against a measured per-layer latency table),
+  corrected until the measured speed-up is within 3 % (taylor scores, judged BatchNorm recalibration); fine-tuned
+  `--epochs` epochs with distillation from the base and precise BatchNorm. A point an earlier default made is
+  measured again.
 - `rules`: as `slim`, but the widths are the shortcut-rules plan, its ratio searched to the same measured speed-up
   (the product's allocation without calibration data).
 - `tp-floor`: the plain Torch-Pruning recipe as a floor: one uniform ratio searched to the same measured speed-up,
@@ -240,17 +241,21 @@ class Bench:
         return out
 
     def target_cut(self, stem: str, target: float) -> dict:
-        """The product's cut of base `stem` to measured speed-up `target` (`TargetSlimmer`, sensitivity allocation,
-        the calibration sample), searched once: {"path", "met"}, or {"unreachable": why}. The cut file is the
-        allocation benchmark's for its first calibration sample (the same search), so either benchmark reuses it."""
+        """The product's cut of base `stem` to measured speed-up `target` (`TargetSlimmer`, sensitivity allocation and
+        its default max ratio, the calibration sample), searched once: {"path", "met", "max_ratio"}, or
+        {"unreachable": why, "max_ratio"}. The cut file is the allocation benchmark's for its first calibration sample
+        at that max ratio (the same search), so either benchmark reuses it."""
         from yoloprune.errors import UserError
-        from yoloprune.slim.target import TargetSlimmer
+        from yoloprune.slim.target import TargetSlimmer, default_max_ratio
 
-        out = self.cache / "slim" / f"{stem}-alloc-sensitivity-{target:g}x-c0.pt"
+        mr = default_max_ratio("sensitivity")
+        tag = f"{target:g}x" + ("" if mr == 0.75 else f"-mr{mr:g}")  # allocation.py's names
+        out = self.cache / "slim" / f"{stem}-alloc-sensitivity-{tag}-c0.pt"
         record = out.with_suffix(".search.json")
         if not record.exists():
             ts = TargetSlimmer(str(self.bases[stem]), speedup=target, allocation="sensitivity", data=self.calibration(),
-                               round_to=16, imgsz=self.a.bench_imgsz, threads=self.a.threads, runs=self.a.runs)
+                               round_to=16, imgsz=self.a.bench_imgsz, threads=self.a.threads, runs=self.a.runs,
+                               max_ratio=mr)
             ts.sensitivity_cache = self.cache / "sensitivity"
             try:
                 slimmer = ts.search()
@@ -261,8 +266,21 @@ class Bench:
                 found = {"met": ts.result.met, "searched": round(ts.result.reached, 3)}
             text = json.dumps(found)
             atomic_write(record, lambda tmp: Path(tmp).write_text(text))
-        found = json.loads(record.read_text())
+        found = {**json.loads(record.read_text()), "max_ratio": mr}
         return found if "unreachable" in found else {**found, "path": out}
+
+    def outdated(self, p: dict, runs: list[str]) -> bool:
+        """Forget a `slim` point `p` the product's earlier defaults made (another max ratio: an earlier
+        `TargetSlimmer` default), with its from-scratch point and the runs of `runs` (key prefixes); True if so."""
+        from yoloprune.slim.target import default_max_ratio
+
+        if "slim" not in p or p["slim"].get("max_ratio", 0.75) == default_max_ratio("sensitivity"):
+            return False
+        p.pop("slim")
+        p.pop("scratch", None)
+        s = self.state.data
+        s["runs"] = {k: v for k, v in s["runs"].items() if not any(k.startswith(r) for r in runs)}
+        return True
 
     def ratio_for(self, stem: str, kind: str, target: float) -> dict:
         known = {}
@@ -303,6 +321,8 @@ class Bench:
         timing replaces stay in the point's `earlier`."""
         from tqdm import tqdm
 
+        from yoloprune.slim.target import default_max_ratio
+
         timing = {k: k for k in ("speedup", "p10", "p90", "ms", "base_ms")}  # measurement field -> record field
         measured, done = self.state.data["measured"], {}
         todo = []  # (record, its base, timing key, make, measurement field -> record field)
@@ -316,7 +336,9 @@ class Bench:
             for p in sps.values():
                 for name, q in p.items():
                     if "target" in q:
-                        todo.append((q, stem, f"sensitivity-{q['target']:g}x",
+                        if q.get("max_ratio", 0.75) != default_max_ratio("sensitivity"):
+                            continue  # an earlier default's cut: the next run measures it again
+                        todo.append((q, stem, f"sensitivity-{q['target']:g}x-mr{q['max_ratio']:g}",
                                      lambda stem=stem, t=q["target"]: self.target_cut(stem, t)["path"], timing))
                     elif "ratio" in q:
                         kind = KINDS[SCRATCH.get(name, name)]
@@ -376,8 +398,9 @@ class Bench:
                 if name not in a.methods and not any(SCRATCH[m] == name for m in a.methods if m in SCRATCH):
                     continue
                 if name == "slim":
+                    self.outdated(p, [f"{stem}|slim@{sp:g}|", f"{stem}|scratch@{sp:g}|"])
                     found = self.target_cut(stem, sp)
-                    key = f"sensitivity-{sp:g}x"
+                    key = f"sensitivity-{sp:g}x-mr{found['max_ratio']:g}"
                 else:
                     kind = KINDS[name]
                     # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
@@ -387,10 +410,12 @@ class Bench:
                         found["path"] = self.cut(stem, kind, found["ratio"], calibrated=name == "rules")
                         key = f"{kind}-{found['ratio']:.2f}"
                 if "unreachable" in found:
-                    p[name] = {"unreachable": found["unreachable"] if name == "slim" else f"{kind} {found['unreachable']}"}
+                    p[name] = ({"unreachable": found["unreachable"], "max_ratio": found["max_ratio"]} if name == "slim"
+                               else {"unreachable": f"{kind} {found['unreachable']}"})
                     continue
                 slim = cuts[name] = found["path"]
-                ident = {"target": sp, "met": found["met"]} if name == "slim" else {"ratio": found["ratio"]}
+                ident = ({"target": sp, "met": found["met"], "max_ratio": found["max_ratio"]} if name == "slim" else
+                         {"ratio": found["ratio"]})
                 p.setdefault(name, {**ident, **self.timed(key, stem, lambda: slim),
                                     "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
                 keys = kd_keys(base) if name in ("slim", "rules") else {"precise_bn": False}
@@ -426,12 +451,14 @@ class Bench:
         lat = self.timed(f"sibling-{small}", large, lambda: self.base_onnx(small, a.bench_imgsz))
         p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
         target = round(p["target"], 2)  # the search's target; its first measurement (a re-timing may move it)
+        self.outdated(p, [f"{large}|sibling|"])
         jobs = []
         for name in ("slim", "rules"):
             if name != "slim" and name not in a.methods:
                 continue
             if name == "slim":
-                found, key = self.target_cut(large, target), f"sensitivity-{target:g}x"
+                found = self.target_cut(large, target)
+                key = f"sensitivity-{target:g}x-mr{found['max_ratio']:g}"
             else:
                 found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(large, "rules",
                                                                                                       target)
@@ -439,9 +466,10 @@ class Bench:
                     found["path"] = self.cut(large, "rules", found["ratio"], calibrated=True)
                     key = f"rules-{found['ratio']:.2f}"
             if "unreachable" in found:
-                p[name] = {"unreachable": found["unreachable"]}
+                p[name] = {k: v for k, v in found.items() if k in ("unreachable", "max_ratio")}
                 continue
-            ident = {"target": target, "met": found["met"]} if name == "slim" else {"ratio": found["ratio"]}
+            ident = ({"target": target, "met": found["met"], "max_ratio": found["max_ratio"]} if name == "slim" else
+                     {"ratio": found["ratio"]})
             p.setdefault(name, {**ident, **self.timed(key, large, lambda: found["path"]),
                                 "cut": round(validate(found["path"], self.data, a.imgsz, a.batch)[1], 4)})
             tag = "sibling" if name == "slim" else "sibling-rules"

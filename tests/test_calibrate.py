@@ -111,13 +111,19 @@ def test_target_candidates_are_recalibrated(calib):
 
 
 def test_target_speedup_allocation_defaults_to_sensitivity_with_data(calib):
+    """With calibration data a speed-up target uses the sensitivity allocation and max ratio 0.9; an asked
+    allocation or max ratio wins."""
     from yoloprune.slim.target import TargetSlimmer
 
-    assert TargetSlimmer(small_model(), speedup=2.0, imgsz=64, data=calib, progress=False).allocation == "sensitivity"
-    assert TargetSlimmer(small_model(), speedup=2.0, imgsz=64, progress=False).allocation == "rules"
+    sens = TargetSlimmer(small_model(), speedup=2.0, imgsz=64, data=calib, progress=False)
+    assert (sens.allocation, sens.max_ratio) == ("sensitivity", 0.9)  # its curves, not the floors, decide
+    plain = TargetSlimmer(small_model(), speedup=2.0, imgsz=64, progress=False)
+    assert (plain.allocation, plain.max_ratio) == ("rules", 0.75)
     assert TargetSlimmer(small_model(), flops=0.5, imgsz=64, data=calib, progress=False).allocation == "rules"
     chosen = TargetSlimmer(small_model(), speedup=2.0, imgsz=64, data=calib, allocation="rules", progress=False)
-    assert chosen.allocation == "rules"
+    assert (chosen.allocation, chosen.max_ratio) == ("rules", 0.75)
+    asked = TargetSlimmer(small_model(), speedup=2.0, imgsz=64, data=calib, max_ratio=0.6, progress=False)
+    assert (asked.allocation, asked.max_ratio) == ("sensitivity", 0.6)
 
 
 def cli(*args, cwd):

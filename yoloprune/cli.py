@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", default="onnxruntime", help="where --target-speedup measures: onnxruntime or torch")
     s.add_argument("--device", default="cpu", help="cpu (default) or cuda, for --target-speedup")
     s.add_argument("--threads", type=int, help="intra-op threads for --target-speedup (default: every core)")
-    s.add_argument("--max-ratio", type=float, default=0.75,
-                   help="with a target: most of a group's channels that may go, times its rule multiplier (default 0.75)")
+    s.add_argument("--max-ratio", type=float,
+                   help="with a target: most of a group's channels that may go, times its rule multiplier (default "
+                        "0.9 with the sensitivity allocation, else 0.75)")
     s.set_defaults(func=cmd_slim)
 
     from .train.config import describe_keys
