@@ -512,6 +512,8 @@ class Bench:
                         lines.append(f"| {stem} | {name} @{sp}x | {q['unreachable']} | | | | |")
                         continue
                     v = self.finals(stem, name, float(sp))
+                    if name in SCRATCH and not v:
+                        continue  # not trained (yet)
                     size = f", {q['imgsz']} px" if name == "small-input" else ""
                     cut = "" if q.get("cut") is None else f"{q['cut']:.4f}"
                     pct = f"{statistics.mean(v) / refm:.0%}" if v and refm == refm and refm else "-"
