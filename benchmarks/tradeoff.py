@@ -565,8 +565,8 @@ class Bench:
                                                                  [max(ref) - statistics.mean(ref)]],
                             marker="*", ms=12, color="k", capsize=3, ls="none", label="reference (base + epochs)")
             for key, p in s["points"].items():  # the sibling question on the larger model's axes
-                large, _, small = key.partition("->")
-                if large != stem:
+                large, sep, small = key.partition("->")
+                if not sep or large != stem:
                     continue
                 marks = [(p[n]["speedup"], self.finals(large, tag), dict(marker=m, color=c), f"{tag}: {small}'s latency")
                          for n, tag, m, c in (("slim", "sibling", "D", "m"), ("rules", "sibling-rules", "d", "C6"))
