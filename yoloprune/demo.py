@@ -155,7 +155,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     from .data.checks import check_classes
     from .deploy.bench import bench
     from .deploy.export import export
-    from .slim.target import TargetSlimmer, default_allocation
+    from .slim.target import TargetSlimmer, default_allocation, default_max_ratio
 
     s = replace(settings, **overrides)
     check_settings(s)
@@ -212,6 +212,7 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     calib = data if s.calibrate else None
     want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads,
             "calibrate": s.calibrate, "allocation": default_allocation(calib, s.speedup)}
+    want["max_ratio"] = default_max_ratio(want["allocation"])  # a changed default redoes the cut
     if slim.is_file() and marker.is_file() and json.loads(marker.read_text()).get("settings") == want:
         target = json.loads(marker.read_text())["result"]
         print(f"reused {slim} ({target['reached']:.2f}x measured when it was made)")
