@@ -33,7 +33,7 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
-from common import State, tradeoff_base, write_results  # noqa: E402
+from common import State, alloc_cut, alloc_tag, tradeoff_base, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
     t, bench, stem = tradeoff_base(rest)  # the base: the trade-off benchmark's, by its own options
-    a.tag = f"{a.speedup:g}x" + ("" if a.max_ratio == 0.75 else f"-mr{a.max_ratio:g}")  # names its state and cuts
+    a.tag = alloc_tag(a.speedup, a.max_ratio)  # names its state and runs
     state = State(bench.cache / f"allocation-{stem}-{a.tag}.json", {"cuts": {}, "runs": {}})
     allocations = [x for x in a.allocations.split(",") if x]
     cseeds = [int(x) for x in a.calib_seeds.split(",") if x]
@@ -77,7 +77,7 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
     for alloc in tqdm(allocations, desc="allocations (cut and timed: keep the machine quiet)", unit="allocation"):
         for cs in cseeds:
             key = f"{alloc}|{cs}"
-            out = bench.cache / "slim" / f"{stem}-alloc-{alloc}-{a.tag}-c{cs}.pt"
+            out = alloc_cut(bench.cache, stem, alloc, a.speedup, a.max_ratio, cs)
             if key in cuts and out.exists():
                 continue
             calib = load_calibration(bench.data, t.imgsz, seed=cs)
@@ -98,7 +98,7 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
             cuts[key] = entry
             state.save()
     for alloc in allocations:
-        out = bench.cache / "slim" / f"{stem}-alloc-{alloc}-{a.tag}-c{cseeds[0]}.pt"
+        out = alloc_cut(bench.cache, stem, alloc, a.speedup, a.max_ratio, cseeds[0])
         for seed in tqdm(seeds, desc=f"{alloc} fine-tunes", unit="run"):
             key = f"{alloc}|{seed}"
             if key not in state.data["runs"]:

@@ -16,6 +16,17 @@ def tradeoff_base(rest: list[str]):
     return t, tradeoff.Bench(t), Path(t.models.split(",")[0]).stem
 
 
+def alloc_cut(cache: Path, stem: str, alloc: str, speedup: float, max_ratio: float, sample: int) -> Path:
+    """The cut `benchmarks/allocation.py` makes of base `stem` with allocation `alloc` to `speedup` at `max_ratio`
+    for calibration sample `sample` (the trade-off benchmark's `slim` is its sample 0: either reuses the other's)."""
+    return cache / "slim" / f"{stem}-alloc-{alloc}-{alloc_tag(speedup, max_ratio)}-c{sample}.pt"
+
+
+def alloc_tag(speedup: float, max_ratio: float) -> str:
+    """'2x', or '2x-mr0.9' away from the max ratio 0.75 the allocation benchmark first ran at."""
+    return f"{speedup:g}x" + ("" if max_ratio == 0.75 else f"-mr{max_ratio:g}")
+
+
 def write_results(path: str | None, state: "State", args, table: str) -> None:
     """Print `table`; with `path`, also write it with the state and the options as JSON."""
     print(table)

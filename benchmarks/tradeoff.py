@@ -51,7 +51,7 @@ from yoloprune.offline import use_offline  # noqa: E402
 
 use_offline(ROOT / "cache" / "config")
 
-from common import State, reinitialize, search_ratio  # noqa: E402
+from common import State, alloc_cut, reinitialize, search_ratio  # noqa: E402
 
 from yoloprune.checkpoint import atomic_write  # noqa: E402
 
@@ -249,8 +249,7 @@ class Bench:
         from yoloprune.slim.target import TargetSlimmer, default_max_ratio
 
         mr = default_max_ratio("sensitivity")
-        tag = f"{target:g}x" + ("" if mr == 0.75 else f"-mr{mr:g}")  # allocation.py's names
-        out = self.cache / "slim" / f"{stem}-alloc-sensitivity-{tag}-c0.pt"
+        out = alloc_cut(self.cache, stem, "sensitivity", target, mr, 0)
         record = out.with_suffix(".search.json")
         if not record.exists():
             ts = TargetSlimmer(str(self.bases[stem]), speedup=target, allocation="sensitivity", data=self.calibration(),
@@ -267,20 +266,45 @@ class Bench:
             text = json.dumps(found)
             atomic_write(record, lambda tmp: Path(tmp).write_text(text))
         found = {**json.loads(record.read_text()), "max_ratio": mr}
-        return found if "unreachable" in found else {**found, "path": out}
+        return found if "unreachable" in found else {**found, "path": out, "key": f"sensitivity-{target:g}x-mr{mr:g}"}
 
     def outdated(self, p: dict, runs: list[str]) -> bool:
         """Forget a `slim` point `p` the product's earlier defaults made (another max ratio: an earlier
         `TargetSlimmer` default), with its from-scratch point and the runs of `runs` (key prefixes); True if so."""
-        from yoloprune.slim.target import default_max_ratio
-
-        if "slim" not in p or p["slim"].get("max_ratio", 0.75) == default_max_ratio("sensitivity"):
+        if "slim" not in p or _current(p["slim"]):
             return False
         p.pop("slim")
         p.pop("scratch", None)
         s = self.state.data
         s["runs"] = {k: v for k, v in s["runs"].items() if not any(k.startswith(r) for r in runs)}
         return True
+
+    def point_cut(self, stem: str, name: str, target: float, p: dict) -> Path | None:
+        """Cut method `name` (`slim`, `rules` or `tp-floor`) of base `stem` to measured speed-up `target`; timed and
+        validated once into `p[name]`. Returns the cut, or None where `name` cannot reach `target` (said in
+        `p[name]`)."""
+        from yoloprune.pipeline import validate
+
+        if name == "slim":
+            found = self.target_cut(stem, target)
+            ident = {"target": target, "met": found.get("met"), "max_ratio": found["max_ratio"]}
+        else:
+            kind = KINDS[name]
+            # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
+            found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(stem, kind, target)
+            if "ratio" in found:
+                found["path"] = self.cut(stem, kind, found["ratio"], calibrated=name == "rules")
+                found["key"] = f"{kind}-{found['ratio']:.2f}"
+            else:
+                found["unreachable"] = f"{kind} {found['unreachable']}"
+            ident = {"ratio": found.get("ratio")}
+        if "unreachable" in found:
+            p[name] = {k: v for k, v in found.items() if k in ("unreachable", "max_ratio")}
+            return None
+        if name not in p:
+            p[name] = {**ident, **self.timed(found["key"], stem, lambda: found["path"]),
+                       "cut": round(validate(found["path"], self.data, self.a.imgsz, self.a.batch)[1], 4)}
+        return found["path"]
 
     def ratio_for(self, stem: str, kind: str, target: float) -> dict:
         known = {}
@@ -321,8 +345,6 @@ class Bench:
         timing replaces stay in the point's `earlier`."""
         from tqdm import tqdm
 
-        from yoloprune.slim.target import default_max_ratio
-
         timing = {k: k for k in ("speedup", "p10", "p90", "ms", "base_ms")}  # measurement field -> record field
         measured, done = self.state.data["measured"], {}
         todo = []  # (record, its base, timing key, make, measurement field -> record field)
@@ -336,10 +358,10 @@ class Bench:
             for p in sps.values():
                 for name, q in p.items():
                     if "target" in q:
-                        if q.get("max_ratio", 0.75) != default_max_ratio("sensitivity"):
+                        if not _current(q):
                             continue  # an earlier default's cut: the next run measures it again
-                        todo.append((q, stem, f"sensitivity-{q['target']:g}x-mr{q['max_ratio']:g}",
-                                     lambda stem=stem, t=q["target"]: self.target_cut(stem, t)["path"], timing))
+                        found = self.target_cut(stem, q["target"])
+                        todo.append((q, stem, found["key"], lambda path=found["path"]: path, timing))
                     elif "ratio" in q:
                         kind = KINDS[SCRATCH.get(name, name)]
                         todo.append((q, stem, f"{kind}-{q['ratio']:.2f}",
@@ -399,25 +421,10 @@ class Bench:
                     continue
                 if name == "slim":
                     self.outdated(p, [f"{stem}|slim@{sp:g}|", f"{stem}|scratch@{sp:g}|"])
-                    found = self.target_cut(stem, sp)
-                    key = f"sensitivity-{sp:g}x-mr{found['max_ratio']:g}"
-                else:
-                    kind = KINDS[name]
-                    # a point keeps the cut it was first given (a later timing, e.g. --retime, may move the search)
-                    found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(stem, kind,
-                                                                                                          sp)
-                    if "ratio" in found:
-                        found["path"] = self.cut(stem, kind, found["ratio"], calibrated=name == "rules")
-                        key = f"{kind}-{found['ratio']:.2f}"
-                if "unreachable" in found:
-                    p[name] = ({"unreachable": found["unreachable"], "max_ratio": found["max_ratio"]} if name == "slim"
-                               else {"unreachable": f"{kind} {found['unreachable']}"})
+                slim = self.point_cut(stem, name, sp, p)
+                if slim is None:
                     continue
-                slim = cuts[name] = found["path"]
-                ident = ({"target": sp, "met": found["met"], "max_ratio": found["max_ratio"]} if name == "slim" else
-                         {"ratio": found["ratio"]})
-                p.setdefault(name, {**ident, **self.timed(key, stem, lambda: slim),
-                                    "cut": round(validate(slim, self.data, a.imgsz, a.batch)[1], 4)})
+                cuts[name] = slim
                 keys = kd_keys(base) if name in ("slim", "rules") else {"precise_bn": False}
                 if name in a.methods:
                     jobs += [(f"{stem}|{name}@{sp:g}|{seed}", slim, a.epochs, seed, None, keys) for seed in seeds]
@@ -445,35 +452,23 @@ class Bench:
     def sibling(self, small: str, large: str) -> list:
         """The larger model slimmed to the smaller's measured latency (cut and timed now), the product's way and, when
         `rules` is measured, the rules way, against the smaller trained as long; returns its training jobs."""
-        from yoloprune.pipeline import kd_keys, validate
+        from yoloprune.pipeline import kd_keys
 
         a = self.a
         lat = self.timed(f"sibling-{small}", large, lambda: self.base_onnx(small, a.bench_imgsz))
         p = self.state.data["points"].setdefault(f"{large}->{small}", {"target": lat["speedup"]})
-        target = round(p["target"], 2)  # the search's target; its first measurement (a re-timing may move it)
         self.outdated(p, [f"{large}|sibling|"])
+        # the search's target: the one its cut was made for (a re-timing moves `target`), else the latest measurement
+        target = p.get("slim", {}).get("target") or round(p["target"], 2)
         jobs = []
         for name in ("slim", "rules"):
             if name != "slim" and name not in a.methods:
                 continue
-            if name == "slim":
-                found = self.target_cut(large, target)
-                key = f"sensitivity-{target:g}x-mr{found['max_ratio']:g}"
-            else:
-                found = {"ratio": p[name]["ratio"]} if "ratio" in p.get(name, {}) else self.ratio_for(large, "rules",
-                                                                                                      target)
-                if "ratio" in found:
-                    found["path"] = self.cut(large, "rules", found["ratio"], calibrated=True)
-                    key = f"rules-{found['ratio']:.2f}"
-            if "unreachable" in found:
-                p[name] = {k: v for k, v in found.items() if k in ("unreachable", "max_ratio")}
+            slim = self.point_cut(large, name, target, p)
+            if slim is None:
                 continue
-            ident = ({"target": target, "met": found["met"], "max_ratio": found["max_ratio"]} if name == "slim" else
-                     {"ratio": found["ratio"]})
-            p.setdefault(name, {**ident, **self.timed(key, large, lambda: found["path"]),
-                                "cut": round(validate(found["path"], self.data, a.imgsz, a.batch)[1], 4)})
             tag = "sibling" if name == "slim" else "sibling-rules"
-            jobs += [(f"{large}|{tag}|{seed}", found["path"], a.epochs, seed, None, kd_keys(self.bases[large]))
+            jobs += [(f"{large}|{tag}|{seed}", slim, a.epochs, seed, None, kd_keys(self.bases[large]))
                      for seed in a.seeds]
         self.save()
         return jobs
@@ -568,11 +563,13 @@ class Bench:
                 large, sep, small = key.partition("->")
                 if not sep or large != stem:
                     continue
-                marks = [(p[n]["speedup"], self.finals(large, tag), dict(marker=m, color=c), f"{tag}: {small}'s latency")
+                marks = [(p[n]["speedup"], self.finals(large, tag), dict(marker=m, color=c),
+                          f"{tag}: {small}'s latency")
                          for n, tag, m, c in (("slim", "sibling", "D", "m"), ("rules", "sibling-rules", "d", "C6"))
                          if "speedup" in p.get(n, {})]
-                for x, v, style, label in marks + [(p["target"], self.finals(small, "reference"),
-                                                    dict(marker="P", color="g"), f"{small} reference, at its speed-up")]:
+                marks.append((p["target"], self.finals(small, "reference"), dict(marker="P", color="g"),
+                              f"{small} reference, at its speed-up"))
+                for x, v, style, label in marks:
                     if v:
                         m = statistics.mean(v)
                         ax.errorbar([x], [m], yerr=[[m - min(v)], [max(v) - m]], capsize=3, ms=9, ls="none",
@@ -611,6 +608,13 @@ def _claim(path: Path):
             path.unlink(missing_ok=True)
         return
     yield False
+
+
+def _current(q: dict) -> bool:
+    """Whether `slim` record `q` was made with the product's current default max ratio (0.75 before it was recorded)."""
+    from yoloprune.slim.target import default_max_ratio
+
+    return q.get("max_ratio", 0.75) == default_max_ratio("sensitivity")
 
 
 def _upgrade(s: dict) -> bool:
