@@ -33,9 +33,12 @@ def test_demo_runs_every_step_and_ends_with_the_table(finished):
     assert "base" in table and "slim + 1 epochs KD" in table and "speed-up" in table
     assert "max rel diff" in stdout  # parity was checked for both exports
     assert "WARNING: the base's mAP50-95" in table  # a 1-epoch base: the user is told the figures mean little
+    # calibration is the default, skipped (and said so) for a base whose loss curves are noise
+    assert "calibration skipped: the base's mAP50-95" in stdout and "(shortcut rules, ratio searched)" in stdout
     for name in ("base.onnx", "slim.onnx", "slim-64.onnx", "slim.pt", "slim-finetuned.pt", "demo.json"):
         assert (out / name).is_file(), name
     result = json.loads((out / "demo.json").read_text())
+    assert result["settings"]["calibrate"] is True and result["calibrated"] is False
     base, slim, tuned = result["rows"]
     assert tuned["params"] < base["params"] and tuned["gflops"] < base["gflops"]
     assert base["speedup"] == 1.0 and tuned["speedup"] > 0
@@ -115,3 +118,19 @@ def test_demo_warns_about_a_weak_or_unfinished_base():
     assert len(weak) == 1 and "under 0.1" in weak[0] and "--base-epochs" in weak[0]
     rising = base_warnings(0.30, [0.01 * i for i in range(31)])  # +0.06 over its last 6 of 31 epochs
     assert len(rising) == 1 and "still learning" in rising[0] and "0.2400 -> 0.3000" in rising[0]
+
+
+@pytest.mark.parametrize("flags, calibrate", [([], True), (["--calibrate"], True), (["--no-calibrate"], False)])
+def test_demo_calibrates_by_default(monkeypatch, tmp_path, flags, calibrate):
+    import yoloprune.demo
+    from yoloprune.cli import main
+
+    seen = {}
+
+    def record(out, settings, data=None, model=None, **overrides):  # stands in for the whole run
+        seen["settings"] = yoloprune.demo.replace(settings, **overrides)
+        raise yoloprune.demo.UserError("recorded")
+
+    monkeypatch.setattr(yoloprune.demo, "run_demo", record)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "out"), *flags]) == 2
+    assert seen["settings"].calibrate is calibrate and seen["settings"].imgsz == 128

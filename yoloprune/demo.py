@@ -28,9 +28,10 @@ class DemoSettings:
     deploy_imgsz: int = 640  # export, latency and GFLOPs size
     threads: int | None = None  # ONNX Runtime threads (default: every core)
     batch: int = 16
-    # taylor scores + BatchNorm recalibration on a training sample: measured to keep far more right after the cut but
-    # less after the demo's short fine-tune (README), so opt-in
-    calibrate: bool = False
+    # calibration data (a sample of the training split): taylor scores, judged BatchNorm recalibration and the
+    # `sensitivity` allocation of widths; measured to keep ten times as much right after the cut and at least as much
+    # after the fine-tune (README). Skipped for a base under `WEAK_MAP`, whose loss curves say nothing
+    calibrate: bool = True
     # base and fine-tune re-estimate their BatchNorm statistics on training images at every epoch's end (`precise_bn`):
     # measured to remove a collapse of the running averages; off for toy bases of an epoch or two, whose re-estimated
     # statistics make near-random outputs so large that float32 differences between runtimes fail the parity check
@@ -204,22 +205,24 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
     for w in warnings:
         print(f"WARNING: {w}")
 
+    calibrate = s.calibrate and base_map[1] >= WEAK_MAP
     _step(3, n, f"slim to a measured {s.speedup:g}x ONNX Runtime speed-up at {s.deploy_imgsz} "
-                + ("(widths by each group's measured loss per millisecond on the calibration images)" if s.calibrate
+                + ("(widths by each group's measured loss per millisecond on the calibration images)" if calibrate
                    else "(shortcut rules, ratio searched)"))
+    if s.calibrate and not calibrate:
+        print(f"calibration skipped: the base's mAP50-95 {base_map[1]:.4f} is under {WEAK_MAP:g}, so the loss rises it "
+              "would measure are noise (and recalibrated statistics of near-random weights blow up); slimming by the "
+              "shortcut rules without data")
     slim = out / "slim.pt"
     marker = out / "slim.json"
-    calib = data if s.calibrate else None
+    calib = data if calibrate else None
     want = {"base_sha1": fingerprint(base), "speedup": s.speedup, "deploy_imgsz": s.deploy_imgsz, "threads": s.threads,
-            "calibrate": s.calibrate, "allocation": default_allocation(calib, s.speedup)}
+            "calibrate": calibrate, "allocation": default_allocation(calib, s.speedup)}
     want["max_ratio"] = default_max_ratio(want["allocation"])  # a changed default redoes the cut
     if slim.is_file() and marker.is_file() and json.loads(marker.read_text()).get("settings") == want:
         target = json.loads(marker.read_text())["result"]
         print(f"reused {slim} ({target['reached']:.2f}x measured when it was made)")
     else:
-        # calibration (opt-in, `--calibrate`): the recalibrated BatchNorm statistics are where the fine-tune's running
-        # averages start, and after a short fine-tune they still weigh on the slim model's eval statistics (measured
-        # in the README); a base trained only an epoch or two also blows up on other images once recalibrated
         search = TargetSlimmer(str(base), speedup=s.speedup, imgsz=s.deploy_imgsz, threads=s.threads,
                                data=calib)
         search.search().save(slim)
@@ -268,6 +271,6 @@ def run_demo(out="yoloprune-demo", settings: DemoSettings = DEFAULT, data=None, 
         DemoRow(f"slim + {s.finetune_epochs} epochs KD", rs.params, rs.gflops, rs.median_ms, rs.speedup,
                 r.map50, r.map50_95),
     ]
-    text = json.dumps({**result.to_dict(), "target": target}, indent=2)
+    text = json.dumps({**result.to_dict(), "calibrated": calibrate, "target": target}, indent=2)
     atomic_write(out / "demo.json", lambda tmp: Path(tmp).write_text(text))
     return result

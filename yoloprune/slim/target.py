@@ -143,9 +143,9 @@ class TargetSlimmer:
             but it thins the downsampling convolutions and keeps the least mAP); `sensitivity` (needs `data`): each
             group's measured loss rise when thinned alone (`yoloprune.slim.sensitivity`) against the same latency
             table, buying the most speed per loss; the rules only set each group's floor. Default (None):
-            `sensitivity` for a `speedup` with `data` (measured best, benchmarks/allocation.py: at 2x it kept the
-            most right after the cut on yolo26n and yolo26s, and after 10 fine-tune epochs tied `rules` on yolo26n
-            and beat it by 0.065 mAP50-95 on yolo26s), else `rules`.
+            `sensitivity` for a `speedup` with `data` (measured best, benchmarks/allocation.py: at 2x, at its
+            default max ratio, it kept the most right after the cut on yolo26n and yolo26s, and after 10 fine-tune
+            epochs beat `rules` by 0.047 mAP50-95 on yolo26n and 0.070 on yolo26s), else `rules`.
         importance, rules: as for `Slimmer` (rules weigh how much each group may lose).
         data, calib_images, calib_imgsz, recalibrate: calibration, as for `Slimmer`: the scores are computed once on
             the uncut model, every candidate's BatchNorm statistics are recalibrated.
