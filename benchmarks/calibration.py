@@ -13,6 +13,7 @@ Resumable: every measured point is stored in the cache's state file and not meas
 
     python benchmarks/calibration.py --json benchmarks/results/calibration.json
     python benchmarks/calibration.py --quick          # yolo26n only, fewer epochs and seeds: a smoke run
+    python benchmarks/calibration.py --tradeoff ...   # on the trade-off benchmark's converged bases and data
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Bench:
         self.args = args
         self.recipe = Recipe(imgsz=args.imgsz, batch=args.batch)
         key = f"{args.train}|{args.val}|{args.imgsz}|{args.max_epochs}|{args.patience}|{args.batch}"
+        key += "|tradeoff" if args.tradeoff else ""
         self.cache = ROOT / "cache" / f"calibration-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
         self.cache.mkdir(parents=True, exist_ok=True)
         self.state = State(self.cache / "state.json", {"bases": {}, "ratios": {}, "points": {}})
@@ -67,12 +69,28 @@ class Bench:
             make_dataset(self.cache / "shapes", "detect", train=self.args.train, val=self.args.val,
                          imgsz=self.args.imgsz, seed=0)
 
+    def use_tradeoff(self) -> None:
+        """Measure on the trade-off benchmark's converged bases and data (trained there, by its defaults, when
+        missing) instead of training bases here."""
+        from common import tradeoff_base
+
+        _, t, _ = tradeoff_base(["--models", ",".join(self.args.models)])
+        t.prepare(self.args.models)
+        self.data, self.tradeoff = t.data, t
+
     def base(self, yaml: str) -> Path:
         """The converged base of `yaml`: trained until mAP50-95 stops rising (patience), capped; cached."""
         from yoloprune.pipeline import train_run
 
         a = self.args
         stem = Path(yaml).stem
+        if a.tradeoff:
+            b = self.tradeoff.state.data["bases"][stem]
+            self.state.data["bases"][stem] = {"weights": str(self.tradeoff.bases[stem]), "map50_95": b["map50_95"],
+                                              "epochs_run": b["epochs"], "best_epoch": b["best_epoch"],
+                                              "stopped_early": b["stopped"] == "patience", "from": "tradeoff.py"}
+            self.state.save()
+            return Path(self.tradeoff.bases[stem])
         print(f"base {stem}: up to {a.max_epochs} epochs at {a.imgsz}, stops after {a.patience} without a better "
               f"mAP (cached in {self.cache})", flush=True)
         r = train_run(yaml, self.data, self.cache, f"base-{stem}", a.max_epochs, self.recipe, patience=a.patience)
@@ -202,6 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30, help="timing rounds per candidate (default 30)")
     p.add_argument("--max-ratio", type=float, default=0.9, help="largest ratio the searches try (default 0.9)")
     p.add_argument("--quick", action="store_true", help="yolo26n, 40 epochs, one calibration sample, 2x only")
+    p.add_argument("--tradeoff", action="store_true",
+                   help="measure on the trade-off benchmark's converged bases and data (its cache) instead")
     p.add_argument("--json", help="write the state and the table here")
     args = p.parse_args(argv)
     if args.quick:
@@ -212,7 +232,7 @@ def main(argv=None) -> int:
     args.calib_seeds = [int(x) for x in args.calib_seeds.split(",") if x]
 
     bench = Bench(args)
-    bench.prepare_data()
+    bench.use_tradeoff() if args.tradeoff else bench.prepare_data()
     for m in args.models:
         stem, base = Path(m).stem, bench.base(m)
         print(f"searching the ratios of {stem} for {args.speedups} (keep the machine otherwise idle)", flush=True)
