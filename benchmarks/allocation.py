@@ -48,11 +48,14 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30, help="interleaved timing rounds per candidate (default 30)")
     p.add_argument("--max-ratio", type=float, default=0.75,
                    help="most of a group's channels a cut removes (x its rule multiplier; default 0.75, the product's)")
+    p.add_argument("--importance", default="taylor",
+                   help="channel scorer of every cut and of the sensitivity measurement (default taylor, the product's "
+                        "with data; any of yoloprune's scorers)")
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
     t, bench, stem = tradeoff_base(rest)  # the base: the trade-off benchmark's, by its own options
-    a.tag = alloc_tag(a.speedup, a.max_ratio)  # names its state and runs
+    a.tag = alloc_tag(a.speedup, a.max_ratio, a.importance)  # names its state and runs
     state = State(bench.cache / f"allocation-{stem}-{a.tag}.json", {"cuts": {}, "runs": {}})
     allocations = [x for x in a.allocations.split(",") if x]
     cseeds = [int(x) for x in a.calib_seeds.split(",") if x]
@@ -77,12 +80,13 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
     for alloc in tqdm(allocations, desc="allocations (cut and timed: keep the machine quiet)", unit="allocation"):
         for cs in cseeds:
             key = f"{alloc}|{cs}"
-            out = alloc_cut(bench.cache, stem, alloc, a.speedup, a.max_ratio, cs)
+            out = alloc_cut(bench.cache, stem, alloc, a.speedup, a.max_ratio, cs, a.importance)
             if key in cuts and out.exists():
                 continue
             calib = load_calibration(bench.data, t.imgsz, seed=cs)
             t0 = time.perf_counter()
             ts = TargetSlimmer(str(base), speedup=a.speedup, allocation=alloc, data=calib, round_to=16,
+                               importance=a.importance,
                                imgsz=a.bench_imgsz, threads=a.threads, runs=a.runs, max_ratio=a.max_ratio)
             ts.sensitivity_cache = bench.cache / "sensitivity"
             slimmer = ts.search()
@@ -98,7 +102,7 @@ def run_all(a, t, bench, stem, state, allocations, cseeds, seeds) -> None:
             cuts[key] = entry
             state.save()
     for alloc in allocations:
-        out = alloc_cut(bench.cache, stem, alloc, a.speedup, a.max_ratio, cseeds[0])
+        out = alloc_cut(bench.cache, stem, alloc, a.speedup, a.max_ratio, cseeds[0], a.importance)
         for seed in tqdm(seeds, desc=f"{alloc} fine-tunes", unit="run"):
             key = f"{alloc}|{seed}"
             if key not in state.data["runs"]:
@@ -114,7 +118,7 @@ def format_table(a, t, bench, stem, state, allocations) -> str:
     ref = [r["map50_95"] for k, r in bench.state.data["runs"].items() if k.startswith(f"{stem}|reference|")]
     lines = [f"{stem}, base {b.get('map50_95', float('nan')):.4f} ({b.get('epochs', '?')} epochs); reference (base + "
              f"{t.epochs} epochs) {_ms(ref)}; target {a.speedup:g}x on ONNX Runtime CPU {a.bench_imgsz} px, "
-             f"max ratio {a.max_ratio:g}, "
+             f"max ratio {a.max_ratio:g}, {a.importance} scores, "
              f"{a.threads} threads; mAP50-95 at {t.imgsz} px: mean ± half the range (n)", "",
              "| allocation | measured speed-up | GFLOPs | right after the cut (calibration samples) | after "
              f"{a.epochs} KD epochs (seeds) | % of reference |", "|---|---|---|---|---|---|"]

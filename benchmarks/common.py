@@ -16,15 +16,18 @@ def tradeoff_base(rest: list[str]):
     return t, tradeoff.Bench(t), Path(t.models.split(",")[0]).stem
 
 
-def alloc_cut(cache: Path, stem: str, alloc: str, speedup: float, max_ratio: float, sample: int) -> Path:
+def alloc_cut(cache: Path, stem: str, alloc: str, speedup: float, max_ratio: float, sample: int,
+              importance: str = "taylor") -> Path:
     """The cut `benchmarks/allocation.py` makes of base `stem` with allocation `alloc` to `speedup` at `max_ratio`
     for calibration sample `sample` (the trade-off benchmark's `slim` is its sample 0: either reuses the other's)."""
-    return cache / "slim" / f"{stem}-alloc-{alloc}-{alloc_tag(speedup, max_ratio)}-c{sample}.pt"
+    return cache / "slim" / f"{stem}-alloc-{alloc}-{alloc_tag(speedup, max_ratio, importance)}-c{sample}.pt"
 
 
-def alloc_tag(speedup: float, max_ratio: float) -> str:
-    """'2x', or '2x-mr0.9' away from the max ratio 0.75 the allocation benchmark first ran at."""
-    return f"{speedup:g}x" + ("" if max_ratio == 0.75 else f"-mr{max_ratio:g}")
+def alloc_tag(speedup: float, max_ratio: float, importance: str = "taylor") -> str:
+    """'2x', or '2x-mr0.9' away from the max ratio 0.75 the allocation benchmark first ran at, '2x-mr0.9-bn' with a
+    scorer other than the default with data (taylor)."""
+    return (f"{speedup:g}x" + ("" if max_ratio == 0.75 else f"-mr{max_ratio:g}")
+            + ("" if importance == "taylor" else f"-{importance}"))
 
 
 def write_results(path: str | None, state: "State", args, table: str) -> None:

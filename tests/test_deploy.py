@@ -263,3 +263,30 @@ def test_bad_deploy_input(args, message, tmp_path):
     r = cli(*[a.format(tmp=tmp_path) for a in args], *out, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]  # nothing written, no temp files left
+
+
+def test_budget_allocation_goes_on_by_macs_where_the_latency_model_sees_no_saving():
+    """A fitted latency model can price some layers as constant (no saving from cutting them). A budget the other
+    groups meet leaves such a group whole; a deeper one goes on cutting it by MACs down to its floor, where before it
+    stopped with the group whole (the fastest cut then measured slower than the rules plan at the same max ratio)."""
+    import math
+
+    s = Slimmer("yolo26n.yaml", ratio=0.5, round_to=16, imgsz=128)
+    model = s.loaded.model.float().eval()
+    rewrite_blocks(model)
+    groups, graph, ties, frozen = s.structure(model)
+    sites = conv_sites(model, groups, graph, 128)
+    tied = {i for t in ties for i in t} | set(frozen)
+    blind = next(g for g in groups if g.index not in tied and s.rules.ratio(g.kind, 1.0) > 0 and g.width >= 64)
+    cost = CostModel.macs(sites)
+    for site in sites.values():
+        if blind.index in site.cin_per_cut or blind.index in site.cout_per_cut:
+            cost.conv[site.name] = (0.0, 0.0, cost.conv[site.name][0])  # its base cost, whatever the widths
+    full = cost.predict({})
+    keep, _ = allocate_budget(groups, cost, 0.8 * full, s.rules, 16, ties, frozen, max_ratio=0.75)
+    assert keep[blind.index] == blind.width
+    keep, deepest = allocate_budget(groups, cost, 0.01 * full, s.rules, 16, ties, frozen, max_ratio=0.75)
+    lowest = max(16, math.ceil(blind.width * (1 - 0.75 * s.rules.ratio(blind.kind, 1.0)) / 16) * 16)
+    print(f"{blind.root_name}: {blind.width} -> {keep[blind.index]} (floor {lowest}); predicted {deepest / full:.3f}")
+    assert keep[blind.index] == lowest < blind.width
+    assert deepest < cost.predict({g.index: g.width - keep[g.index] for g in groups})  # the unseen saving counted

@@ -6,7 +6,11 @@ model's capacity), the MACs weighted by the group's shortcut rule (`weight = 1 /
 0.5 counts its MACs double). With MACs as the cost itself, a step is priced by the share of the group's width it
 removes instead (the log of old / new width, weighted alike), which spreads the cut as the rules say.
 A group never loses more than `max_ratio x multiplier` of its channels. Steps stop when the predicted cost reaches
-the budget; if no step is left, the budget is out of reach and the cheapest model found is returned.
+the budget. A fitted latency model can see no saving at all in cutting some layers (their fitted cost is constant),
+though cutting them does save time; once no step the model sees a saving in is left and the budget is still unmet,
+steps go on by MACs (the least loss per MAC removed first), each counted at the model's average cost per MAC, so the
+deepest cut reaches every floor and a measured correction of the budget moves it smoothly. If no step is left, the
+budget is out of reach and the cheapest model found is returned.
 
 Costs are predicted per layer by a `CostModel` (`yoloprune.deploy.latency`): each convolution's cost is a function
 of its input and output widths, and the other operations of a layer scale with the layer's output activations.
@@ -194,28 +198,41 @@ def allocate_budget(groups: list[CoupledGroup], cost: CostModel, budget: float, 
     touches = _touches(cost, units)
     macs = CostModel.macs(cost.sites)
     total_macs = macs.predict({})
-    current = cost.predict(drop)
-    while current > budget:
-        best, best_score = None, 0.0
+    rate = cost.predict({}) / max(total_macs, 1e-12)  # the model's average cost per MAC
+
+    def pick(gain_of):
+        """The unit whose next step saves the most `gain_of(unit, step)` per loss, with that saving."""
+        best, best_score, best_gain = None, 0.0, 0.0
         for u in units:
             width = min(by_index[i].width for i in u) - drop[u[0]]
             step = steps[u[0]]
             if width - step < floor[u[0]]:  # also every group whose rule multiplier is 0
                 continue
-            gain = _delta(cost, touches[u[0]], drop, u, step)
+            gain = gain_of(u, step)
+            if gain <= 0:
+                continue
             if price is not None:
                 p = max(price([by_index[i] for i in u], width, step), 1e-9)
             elif loss == "share":
                 p = weight[u[0]] * math.log(width / (width - step))
             else:
                 p = weight[u[0]] * (_delta(macs, touches[u[0]], drop, u, step) / total_macs + 1e-6)
-            if gain > 0 and gain / p > best_score:
-                best, best_score = u, gain / p
-        if best is None:
-            break
+            if gain / p > best_score:
+                best, best_score, best_gain = u, gain / p, gain
+        return best, best_gain
+
+    unseen = 0.0  # savings of the steps the model could not see, estimated
+    current = cost.predict(drop)
+    while current > budget:
+        best, _ = pick(lambda u, step: _delta(cost, touches[u[0]], drop, u, step))
+        if best is None:  # no step the model sees a saving in: go on by MACs, each at the average cost per MAC
+            best, gain = pick(lambda u, step: rate * _delta(macs, touches[u[0]], drop, u, step))
+            if best is None:
+                break
+            unseen += gain
         for i in best:
             drop[i] += steps[best[0]]
-        current = cost.predict(drop)
+        current = cost.predict(drop) - unseen
     return {g.index: g.width - drop[g.index] for g in groups}, current
 
 
