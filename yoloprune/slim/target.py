@@ -275,22 +275,45 @@ class TargetSlimmer:
         budget = predicted_base / self.speedup
         self.result = TargetResult("speedup", self.speedup, 1.0, runtime=self.runtime, device=self.device,
                                    threads=self.threads, allocation=self.allocation)
-        best = None
+        # The measured speed-up falls as the budget grows (a larger budget stops earlier on the same greedy path: a
+        # gentler cut), but a fitted latency model can misjudge it by far, in steps: the first candidate that
+        # meets the target may be much deeper than needed. So the search brackets the largest budget whose cut is
+        # fast enough (within the tolerance below the target, or faster) and keeps that, the gentlest such cut;
+        # without one it keeps the candidate nearest the target.
+        best, closest, fast, slow = None, None, None, None  # fast / slow: budgets that measured fast enough / not
+        probe = 2 * self.tolerance
         for i in range(self.max_steps):
             predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
             timing = self._time(base_runner, work, f"candidate{i}")
             self._record(f"predicted {predicted_base / predicted:.2f}x, ", budget, predicted, timing)
-            if timing is not None and (best is None or self._closer(timing, best[0])):
-                best = (timing, dict(s.widths), s.model, s.report)
-            if timing is not None and self._met(timing):
-                break
+            candidate = (timing, dict(s.widths), s.model, s.report)
+            if timing is not None and (closest is None or self._closer(timing, closest[0])):
+                closest = candidate
+            enough = timing is not None and timing.speedup >= self.speedup * (1 - self.tolerance)
+            if enough:
+                if fast is None or budget > fast:
+                    fast, best = budget, candidate
+            else:
+                slow = budget if slow is None else min(slow, budget)
             reached = 1.0 if timing is None else timing.speedup
-            if not fits and reached + (0 if timing is None else timing.resolution) < self.speedup:
+            if fast is None and not fits and reached + (0 if timing is None else timing.resolution) < self.speedup:
                 raise UserError(f"target speed-up {self.speedup:.2f}x is out of reach: with at most "
                                 f"{self.max_ratio:.0%} of each group cut, the fastest model measured {reached:.2f}x; "
                                 f"ask for at most {reached:.2f}x or raise max_ratio")
+            if fast is not None and slow is not None and slow <= fast * (1 + self.tolerance):
+                break  # bracketed as closely as the tolerance tells speed-ups apart
             # too slow: ask for less predicted time; too fast: allow more, but never the whole base again
-            budget = min(budget * reached / self.speedup, predicted_base * (1 - 1e-3))
+            nxt = budget * reached / self.speedup
+            if fast is not None and slow is not None:
+                if not fast < nxt < slow:
+                    nxt = math.sqrt(fast * slow)
+            elif enough:
+                nxt = max(nxt, budget * (1 + probe))  # probe a gentler cut, twice as far each time
+                probe *= 2
+            budget = min(nxt, predicted_base * (1 - 1e-3))
+            if fast is not None and budget <= fast:
+                break  # nothing gentler is left to try
+        best = best or closest
         if best is None:
             raise UserError("no candidate cut the model: every group is at its floor; lower round_to or max_ratio")
         s.widths, s.model, s.report = best[1], best[2], best[3]
