@@ -45,7 +45,8 @@ class BenchResult:
 
     def format(self) -> str:
         head = (f"{self.runtime} on {self.device} ({self.threads} threads), batch {self.batch}, {self.imgsz}x{self.imgsz}, "
-                f"median of {self.runs} interleaved runs after {self.warmup} warm-up")
+                f"median of {self.runs} interleaved runs after {self.warmup} warm-up"
+                + (", denormals flushed to zero" if self.device == "cpu" else ""))
         name_w = max([5] + [len(r.model) for r in self.rows])
         lines = [head, f"{'model':<{name_w}}  {'params':>10}  {'GFLOPs':>7}  {'median ms':>9}  {'p10':>7}  {'p90':>7}  "
                        f"{'img/s':>7}  {'speed-up':>8}"]
