@@ -344,3 +344,22 @@ def test_timing_flushes_denormals(tmp_path):
     kept = plain.run(None, feed)[0]
     print(f"plain session: flushed {flushed[0, 0]!r}, outside {kept[0, 0]!r}")
     assert (flushed == 0).all() and (kept > 0).all()
+
+
+def test_target_search_times_each_width_once():
+    """Floors that bind (max ratio 0.3) give several budgets the same widths; a candidate whose widths were already
+    timed is not timed again (each timing costs seconds to minutes), and the search still ends on a timed cut."""
+
+    class Counting(ScriptedTarget):
+        def _time(self, *a, **kw):
+            self.widths_timed.append(tuple(sorted(self.slimmer.widths.items())))
+            return super()._time(*a, **kw)
+
+    t = Counting("yolo26n.yaml", speedup=2.0, imgsz=96, runs=5, max_steps=6, progress=False, allocation="latency",
+                 max_ratio=0.3, ratio_of=lambda share: 1.97)
+    t.widths_timed = []
+    slim = t.search()
+    print(t.result.format(), f"{len(t.result.steps)} candidates, {len(t.widths_timed)} timed")
+    assert len(t.widths_timed) == len(set(t.widths_timed)) < len(t.result.steps)
+    assert tuple(sorted(t.slimmer.widths.items())) in t.widths_timed and t.result.reached == pytest.approx(1.97)
+    assert slim.report.after["params"] < slim.report.before["params"]

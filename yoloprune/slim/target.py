@@ -282,10 +282,18 @@ class TargetSlimmer:
         # without one it keeps the candidate nearest the target.
         best, closest, fast, slow = None, None, None, None  # fast / slow: budgets that measured fast enough / not
         probe = 2 * self.tolerance
+        timed = {}  # widths -> (candidate number, timing): a budget that gives widths already timed is not re-timed
         for i in range(self.max_steps):
             predicted, fits = self._allocate(groups, cost, budget, ties, frozen)
-            timing = self._time(base_runner, work, f"candidate{i}")
-            self._record(f"predicted {predicted_base / predicted:.2f}x, ", budget, predicted, timing)
+            key = tuple(sorted(s.widths.items()))
+            if key in timed:
+                first, timing = timed[key]
+                self._record(f"predicted {predicted_base / predicted:.2f}x, the widths of candidate {first} (not timed "
+                             f"again), ", budget, predicted, timing)
+            else:
+                timing = self._time(base_runner, work, f"candidate{i}")
+                self._record(f"predicted {predicted_base / predicted:.2f}x, ", budget, predicted, timing)
+                timed[key] = (len(self.result.steps), timing)
             candidate = (timing, dict(s.widths), s.model, s.report)
             if timing is not None and (closest is None or self._closer(timing, closest[0])):
                 closest = candidate
