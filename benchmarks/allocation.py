@@ -54,6 +54,11 @@ def main(argv=None) -> int:
     p.add_argument("--report", action="store_true", help="only print and write what the state holds so far")
     p.add_argument("--json", help="write the state and the table here")
     a, rest = p.parse_known_args(argv)
+    from yoloprune.importance import IMPORTANCES
+    from yoloprune.importance.data_aware import DATA_AWARE
+
+    if a.importance not in (*IMPORTANCES, *DATA_AWARE):
+        p.error(f"--importance {a.importance!r} is unknown: use one of {', '.join((*IMPORTANCES, *DATA_AWARE))}")
     t, bench, stem = tradeoff_base(rest)  # the base: the trade-off benchmark's, by its own options
     a.tag = alloc_tag(a.speedup, a.max_ratio, a.importance)  # names its state and runs
     state = State(bench.cache / f"allocation-{stem}-{a.tag}.json", {"cuts": {}, "runs": {}})

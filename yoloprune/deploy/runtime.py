@@ -9,7 +9,6 @@ yolo26n at 640, 2 threads: 76 ms with p10-p90 of 65-91 ms spinning, 42 ms with 3
 from __future__ import annotations
 
 import contextlib
-
 import os
 import time
 from pathlib import Path
